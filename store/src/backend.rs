@@ -1,0 +1,201 @@
+//! The backend: owns the redb database file and declares every table concord stores.
+//!
+//! Layout of a data dir (format version [`FORMAT_VERSION`]):
+//!
+//! ```text
+//! <data-dir>/concord/store.redb   one redb file: raft log, raft state, MVCC key space, meta
+//! ```
+//!
+//! All tables are declared here as `const TableDefinition`s with their byte layout documented,
+//! so there is one place to read the on-disk schema. Other modules open these tables inside
+//! transactions; they never create tables of their own. This module must never interpret
+//! key-value semantics (that is `mvcc`) or raft semantics (that is `raft`).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
+
+/// Version of the on-disk layout. Bumped on any incompatible schema change.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Small counters, each a `u64` under a fixed name (see the `META_*` key constants).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `META` key: the layout version that wrote this file.
+pub const META_FORMAT_VERSION: &str = "format_version";
+/// `META` key: index of the last raft entry whose effects are in this file. Written in the same
+/// transaction as those effects, so replay after a crash skips exactly what is applied.
+pub const META_APPLIED_INDEX: &str = "applied_index";
+/// `META` key: the MVCC store's current main revision (starts at 1, as etcd's).
+pub const META_CURRENT_REV: &str = "current_rev";
+/// `META` key: the revision of the last completed compaction (0 = never).
+pub const META_COMPACT_REV: &str = "compact_rev";
+/// `META` key: this member's raft id.
+pub const META_MEMBER_ID: &str = "member_id";
+/// `META` key: the cluster id.
+pub const META_CLUSTER_ID: &str = "cluster_id";
+
+/// Raft's persistent state, protobuf-encoded with raft's own codec. Keys:
+/// `hard_state` (`eraftpb.HardState`), `conf_state` (`eraftpb.ConfState`),
+/// `snapshot_meta` (`eraftpb.SnapshotMetadata` of the last log compaction point).
+pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+/// `RAFT_STATE` key for the hard state.
+pub const RAFT_HARD_STATE: &str = "hard_state";
+/// `RAFT_STATE` key for the conf state.
+pub const RAFT_CONF_STATE: &str = "conf_state";
+/// `RAFT_STATE` key for the snapshot metadata (log compaction point).
+pub const RAFT_SNAPSHOT_META: &str = "snapshot_meta";
+
+/// The raft log: entry index -> `eraftpb.Entry` encoded with raft's protobuf codec.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+
+/// Latest live version of every key: user key -> `mvccpb.KeyValue` (prost) with `key` left
+/// empty (it is the table key). Deleted keys are absent. Serves reads at the current revision.
+pub const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
+
+/// Every version of every key since the last compaction: (user key, main revision) ->
+/// `mvccpb.KeyValue` (prost, `key` empty). A tombstone (delete) has `version == 0`.
+/// Within one revision a key changes at most once (etcd rejects duplicate keys in a txn).
+pub const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_history");
+
+/// Change log in revision order: (main revision, sub revision) -> user key. Lets watchers and
+/// compaction walk history by revision without scanning the key space.
+pub const KV_CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_changes");
+
+/// The open database of one member.
+pub struct Backend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Backend {
+    /// Opens (or creates) the backend under `data_dir`, refusing dirs it cannot own.
+    pub fn open(data_dir: &Path) -> Result<Backend> {
+        check_data_dir(data_dir)?;
+        let dir = data_dir.join("concord");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::DataDir(format!(
+                "cannot create data dir {}: {e}; check that the path is writable by this user",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("store.redb");
+        let db = Database::builder()
+            .set_cache_size(256 << 20)
+            .create(&path)
+            .map_err(|e| {
+                Error::DataDir(format!(
+                    "cannot open {}: {e}; the data dir is damaged or not concord's. \
+                     Move it aside and restore from a snapshot, or point --data-dir elsewhere",
+                    path.display()
+                ))
+            })?;
+        let backend = Backend { db, path };
+        backend.init_schema()?;
+        Ok(backend)
+    }
+
+    fn init_schema(&self) -> Result<()> {
+        let wtx = self.db.begin_write()?;
+        {
+            let mut meta = wtx.open_table(META)?;
+            let found = meta.get(META_FORMAT_VERSION)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)?;
+                    meta.insert(META_CURRENT_REV, 1)?;
+                    meta.insert(META_COMPACT_REV, 0)?;
+                    meta.insert(META_APPLIED_INDEX, 0)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(v) => {
+                    return Err(Error::DataDir(format!(
+                        "{} has data format version {v}, this concord reads version \
+                         {FORMAT_VERSION}; run a concord release that matches the data dir",
+                        self.path.display()
+                    )));
+                }
+            }
+            wtx.open_table(RAFT_STATE)?;
+            wtx.open_table(RAFT_LOG)?;
+            wtx.open_table(KV_LATEST)?;
+            wtx.open_table(KV_HISTORY)?;
+            wtx.open_table(KV_CHANGES)?;
+        }
+        wtx.commit()?;
+        Ok(())
+    }
+
+    /// The redb database, for modules that open transactions on the tables above.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Size of the database file in bytes (etcd's `dbSize`).
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Reads one `META` counter in a fresh read transaction.
+    pub fn read_meta(&self, key: &str) -> Result<u64> {
+        let rtx = self.db.begin_read()?;
+        let meta = rtx.open_table(META)?;
+        Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+    }
+}
+
+/// Refuses data dirs that hold another program's data: etcd's own layout (`member/wal`,
+/// `member/snap`) is the common mistake when swapping binaries.
+fn check_data_dir(data_dir: &Path) -> Result<()> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(Error::DataDir(format!(
+            "--data-dir {} exists and is not a directory; point --data-dir at a directory",
+            data_dir.display()
+        )));
+    }
+    let member = data_dir.join("member");
+    if member.join("wal").exists() || member.join("snap").exists() {
+        return Err(Error::DataDir(format!(
+            "--data-dir {} holds etcd's own data format (member/wal, member/snap), which concord \
+             cannot read. Take a snapshot with `etcdctl snapshot save`, or start concord with an \
+             empty --data-dir and copy the keys over",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_dir_gets_schema_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = Backend::open(dir.path()).unwrap();
+            assert_eq!(b.read_meta(META_CURRENT_REV).unwrap(), 1);
+            assert!(b.size() > 0);
+        }
+        let b = Backend::open(dir.path()).unwrap();
+        assert_eq!(b.read_meta(META_FORMAT_VERSION).unwrap(), FORMAT_VERSION);
+    }
+
+    #[test]
+    fn etcd_data_dir_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("member/wal")).unwrap();
+        let err = Backend::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("etcd's own data format"), "{err}");
+    }
+
+    #[test]
+    fn garbage_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("concord")).unwrap();
+        std::fs::write(dir.path().join("concord/store.redb"), b"not a redb file at all").unwrap();
+        let err = Backend::open(dir.path()).err().expect("must refuse");
+        assert!(err.to_string().contains("damaged or not concord's"), "{err}");
+    }
+}

@@ -1,0 +1,25 @@
+//! concord: a raft-backed key-value server that speaks etcd 3.5's API.
+//!
+//! A request flows down one path and its answer flows back up it:
+//! `api` (tonic services, HTTP endpoints) -> `server` (validation, propose-and-wait, ReadIndex)
+//! -> `raft` (the RawNode loop) -> `apply` (committed entry -> state change) -> `mvcc` ->
+//! `backend` (redb). `config` turns etcd's flags into a [`config::Config`].
+
+pub mod api;
+pub mod apply;
+pub mod backend;
+//TMP pub mod config;
+//TMP pub mod embed;
+pub mod error;
+pub mod ids;
+pub mod mvcc;
+pub mod proto;
+pub mod raft;
+pub mod server;
+
+pub use error::{Error, Result};
+
+/// The etcd version concord reports (`Status.version`, `/version`): clients enable features by it.
+pub const ETCD_VERSION: &str = "3.5.16";
+/// The cluster version concord reports, as etcd 3.5 does (`major.minor.0`).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
