@@ -30,7 +30,10 @@ pub enum Applied {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 /// Applies one raft entry's payload. Returns the proposal id (0 if the payload is not a
@@ -138,7 +141,11 @@ fn put(tables: &mut WriteTables<'_>, p: &PutRequest) -> Result<PutResponse> {
 }
 
 fn put_in(w: &mut TxnWrite<'_, '_>, p: &PutRequest) -> Result<PutResponse> {
-    let prev = if p.ignore_value || p.ignore_lease || p.prev_kv { w.get(&p.key)? } else { None };
+    let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
+        w.get(&p.key)?
+    } else {
+        None
+    };
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
@@ -168,16 +175,22 @@ fn delete_range(w: &mut TxnWrite<'_, '_>, d: &DeleteRangeRequest) -> Result<Dele
 
 fn compaction(tables: &mut WriteTables<'_>, c: &CompactionRequest) -> Result<CompactionResponse> {
     tables.compact(c.revision)?;
-    Ok(CompactionResponse { header: header(tables.revs().current) })
+    Ok(CompactionResponse {
+        header: header(tables.revs().current),
+    })
 }
 
 /// Whether a txn (nested ones included) contains no writes.
 pub fn txn_is_read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestPut(_)) | Some(request_op::Request::RequestDeleteRange(_)) => false,
-        Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
+            _ => true,
+        })
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
@@ -223,8 +236,10 @@ fn compare_holds(view: &impl KvRead, c: &Compare) -> Result<bool> {
     let rr = view.range_at(&interval, view.revs().current, 0, false)?;
     if rr.kvs.is_empty() {
         // A missing key compares as an empty key-value, except on value: no value can match.
-        return Ok(compare::CompareTarget::try_from(c.target) != Ok(compare::CompareTarget::Value)
-            && compare_kv(c, &KeyValue::default()));
+        return Ok(
+            compare::CompareTarget::try_from(c.target) != Ok(compare::CompareTarget::Value)
+                && compare_kv(c, &KeyValue::default()),
+        );
     }
     Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
 }
@@ -303,15 +318,24 @@ fn txn(tables: &mut WriteTables<'_>, t: &TxnRequest) -> Result<TxnResponse> {
     Ok(resp)
 }
 
-fn exec_txn(w: &mut TxnWrite<'_, '_>, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<TxnResponse> {
+fn exec_txn(
+    w: &mut TxnWrite<'_, '_>,
+    t: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<TxnResponse> {
     let succeeded = path[*at];
     *at += 1;
     let ops = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(range(&*w, r)?),
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put_in(w, p)?),
+            Some(request_op::Request::RequestRange(r)) => {
+                response_op::Response::ResponseRange(range(&*w, r)?)
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(put_in(w, p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(delete_range(w, d)?)
             }
@@ -322,9 +346,15 @@ fn exec_txn(w: &mut TxnWrite<'_, '_>, t: &TxnRequest, path: &[bool], at: &mut us
             }
             None => continue,
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
-    Ok(TxnResponse { header: None, succeeded, responses })
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
 }
 
 #[cfg(test)]
@@ -336,7 +366,11 @@ mod tests {
     use redb::ReadableDatabase;
 
     fn apply(b: &Backend, req: Request) -> Result<Applied> {
-        let data = InternalRequest { id: 7, request: Some(req) }.encode_to_vec();
+        let data = InternalRequest {
+            id: 7,
+            request: Some(req),
+        }
+        .encode_to_vec();
         let wtx = b.db().begin_write().unwrap();
         let (id, out) = {
             let mut t = WriteTables::open(&wtx).unwrap();
@@ -348,7 +382,11 @@ mod tests {
     }
 
     fn put_req(k: &str, v: &str) -> Request {
-        Request::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })
+        Request::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
     }
 
     fn get(b: &Backend, r: RangeRequest) -> Result<RangeResponse> {
@@ -367,27 +405,70 @@ mod tests {
     }
 
     fn cmp(k: &str, target: CompareTarget, result: CompareResult, tu: TargetUnion) -> Compare {
-        Compare { key: k.into(), target: target as i32, result: result as i32, target_union: Some(tu), range_end: vec![] }
+        Compare {
+            key: k.into(),
+            target: target as i32,
+            result: result as i32,
+            target_union: Some(tu),
+            range_end: vec![],
+        }
     }
 
     #[test]
     fn put_revisions_and_prev_kv() {
         let dir = tempfile::tempdir().unwrap();
         let b = Backend::open(dir.path()).unwrap();
-        let Applied::Put(r) = apply(&b, put_req("foo", "bar")).unwrap() else { panic!() };
+        let Applied::Put(r) = apply(&b, put_req("foo", "bar")).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.header.unwrap().revision, 2);
-        let req = Request::Put(PutRequest { key: "foo".into(), value: "baz".into(), prev_kv: true, ..Default::default() });
-        let Applied::Put(r) = apply(&b, req).unwrap() else { panic!() };
+        let req = Request::Put(PutRequest {
+            key: "foo".into(),
+            value: "baz".into(),
+            prev_kv: true,
+            ..Default::default()
+        });
+        let Applied::Put(r) = apply(&b, req).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.prev_kv.unwrap().value, b"bar");
-        let got = get(&b, RangeRequest { key: "foo".into(), ..Default::default() }).unwrap();
+        let got = get(
+            &b,
+            RangeRequest {
+                key: "foo".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let kv = &got.kvs[0];
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
         // ignore_value on a missing key, unknown lease: errors, nothing written.
-        let req = Request::Put(PutRequest { key: "nope".into(), ignore_value: true, ..Default::default() });
+        let req = Request::Put(PutRequest {
+            key: "nope".into(),
+            ignore_value: true,
+            ..Default::default()
+        });
         assert!(matches!(apply(&b, req), Err(Error::KeyNotFound)));
-        let req = Request::Put(PutRequest { key: "x".into(), lease: 5, ..Default::default() });
+        let req = Request::Put(PutRequest {
+            key: "x".into(),
+            lease: 5,
+            ..Default::default()
+        });
         assert!(matches!(apply(&b, req), Err(Error::LeaseNotFound)));
-        assert_eq!(get(&b, RangeRequest { key: "foo".into(), ..Default::default() }).unwrap().header.unwrap().revision, 3);
+        assert_eq!(
+            get(
+                &b,
+                RangeRequest {
+                    key: "foo".into(),
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .header
+            .unwrap()
+            .revision,
+            3
+        );
     }
 
     #[test]
@@ -398,14 +479,29 @@ mod tests {
             apply(&b, put_req(k, v)).unwrap();
         }
         let all = |f: fn(&mut RangeRequest)| {
-            let mut r = RangeRequest { key: "a".into(), range_end: "z".into(), ..Default::default() };
+            let mut r = RangeRequest {
+                key: "a".into(),
+                range_end: "z".into(),
+                ..Default::default()
+            };
             f(&mut r);
             let resp = get(&b, r).unwrap();
-            (resp.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect::<Vec<_>>().join(""), resp.more, resp.count)
+            (
+                resp.kvs
+                    .iter()
+                    .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+                    .collect::<Vec<_>>()
+                    .join(""),
+                resp.more,
+                resp.count,
+            )
         };
         assert_eq!(all(|_| {}), ("abc".into(), false, 3));
         assert_eq!(all(|r| r.limit = 2), ("ab".into(), true, 3));
-        assert_eq!(all(|r| r.sort_target = range_request::SortTarget::Value as i32), ("cab".into(), false, 3));
+        assert_eq!(
+            all(|r| r.sort_target = range_request::SortTarget::Value as i32),
+            ("cab".into(), false, 3)
+        );
         assert_eq!(
             all(|r| {
                 r.sort_target = range_request::SortTarget::Mod as i32;
@@ -417,7 +513,17 @@ mod tests {
         assert_eq!(all(|r| r.max_create_revision = 3), ("ab".into(), false, 3));
         assert_eq!(all(|r| r.count_only = true), ("".into(), false, 3));
         assert_eq!(all(|r| r.revision = 3), ("ab".into(), false, 2));
-        assert!(matches!(get(&b, RangeRequest { key: "a".into(), revision: 99, ..Default::default() }), Err(Error::FutureRev)));
+        assert!(matches!(
+            get(
+                &b,
+                RangeRequest {
+                    key: "a".into(),
+                    revision: 99,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::FutureRev)
+        ));
     }
 
     #[test]
@@ -427,32 +533,72 @@ mod tests {
         apply(&b, put_req("k", "v1")).unwrap(); // rev 2
         let inner = TxnRequest {
             // Evaluated before the outer put below: sees v1.
-            compare: vec![cmp("k", CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("v1".into()))],
+            compare: vec![cmp(
+                "k",
+                CompareTarget::Value,
+                CompareResult::Equal,
+                TargetUnion::Value("v1".into()),
+            )],
             success: vec![op_put("inner", "yes")],
             failure: vec![op_put("inner", "no")],
         };
         let t = TxnRequest {
             compare: vec![
-                cmp("k", CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(1)),
-                cmp("missing", CompareTarget::Create, CompareResult::Equal, TargetUnion::CreateRevision(0)),
+                cmp(
+                    "k",
+                    CompareTarget::Version,
+                    CompareResult::Equal,
+                    TargetUnion::Version(1),
+                ),
+                cmp(
+                    "missing",
+                    CompareTarget::Create,
+                    CompareResult::Equal,
+                    TargetUnion::CreateRevision(0),
+                ),
             ],
-            success: vec![op_put("k", "v2"), RequestOp { request: Some(request_op::Request::RequestTxn(inner)) }],
+            success: vec![
+                op_put("k", "v2"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(inner)),
+                },
+            ],
             failure: vec![],
         };
-        let Applied::Txn(r) = apply(&b, Request::Txn(t)).unwrap() else { panic!() };
+        let Applied::Txn(r) = apply(&b, Request::Txn(t)).unwrap() else {
+            panic!()
+        };
         assert!(r.succeeded);
         assert_eq!(r.header.unwrap().revision, 3);
-        let got = get(&b, RangeRequest { key: "inner".into(), ..Default::default() }).unwrap();
+        let got = get(
+            &b,
+            RangeRequest {
+                key: "inner".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(got.kvs[0].value, b"yes");
         // A value compare on a missing key always fails.
         let t = TxnRequest {
-            compare: vec![cmp("missing", CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value("x".into()))],
+            compare: vec![cmp(
+                "missing",
+                CompareTarget::Value,
+                CompareResult::NotEqual,
+                TargetUnion::Value("x".into()),
+            )],
             success: vec![op_put("s", "1")],
             failure: vec![],
         };
-        let Applied::Txn(r) = apply(&b, Request::Txn(t)).unwrap() else { panic!() };
+        let Applied::Txn(r) = apply(&b, Request::Txn(t)).unwrap() else {
+            panic!()
+        };
         assert!(!r.succeeded);
-        assert_eq!(r.header.unwrap().revision, 3, "a txn without writes keeps the revision");
+        assert_eq!(
+            r.header.unwrap().revision,
+            3,
+            "a txn without writes keeps the revision"
+        );
     }
 
     #[test]
@@ -464,12 +610,25 @@ mod tests {
             compare: vec![],
             success: vec![
                 op_put("k", "v2"),
-                RequestOp { request: Some(request_op::Request::RequestRange(RangeRequest { key: "k".into(), revision: 50, ..Default::default() })) },
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: "k".into(),
+                        revision: 50,
+                        ..Default::default()
+                    })),
+                },
             ],
             failure: vec![],
         };
         assert!(matches!(apply(&b, Request::Txn(t)), Err(Error::FutureRev)));
-        let got = get(&b, RangeRequest { key: "k".into(), ..Default::default() }).unwrap();
+        let got = get(
+            &b,
+            RangeRequest {
+                key: "k".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(got.kvs[0].value, b"v1");
     }
 }

@@ -194,8 +194,15 @@ mod tests {
     fn garbage_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("concord")).unwrap();
-        std::fs::write(dir.path().join("concord/store.redb"), b"not a redb file at all").unwrap();
+        std::fs::write(
+            dir.path().join("concord/store.redb"),
+            b"not a redb file at all",
+        )
+        .unwrap();
         let err = Backend::open(dir.path()).err().expect("must refuse");
-        assert!(err.to_string().contains("damaged or not concord's"), "{err}");
+        assert!(
+            err.to_string().contains("damaged or not concord's"),
+            "{err}"
+        );
     }
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::backend::{Backend, META, META_CLUSTER_ID, META_MEMBER_ID};
-use crate::config::Config;
+use crate::compactor::Policy;
+use crate::config::{AutoCompactionMode, AutoCompactionRetention, Config};
 use crate::error::{Error, Result};
 use crate::ids::{cluster_id, member_id, url_string};
 use crate::raft::RaftConfig;
@@ -22,14 +23,28 @@ use crate::server::{EtcdServer, ServerConfig};
 fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
     let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, url) in &cfg.initial_cluster {
-        by_name.entry(name.as_str()).or_default().push(url_string(url));
+        by_name
+            .entry(name.as_str())
+            .or_default()
+            .push(url_string(url));
     }
-    let ids: Vec<u64> = by_name.values().map(|urls| member_id(urls, &cfg.initial_cluster_token, None)).collect();
-    let own_urls: Vec<String> = cfg.initial_advertise_peer_urls.iter().map(url_string).collect();
+    let ids: Vec<u64> = by_name
+        .values()
+        .map(|urls| member_id(urls, &cfg.initial_cluster_token, None))
+        .collect();
+    let own_urls: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(url_string)
+        .collect();
     let own = member_id(&own_urls, &cfg.initial_cluster_token, None);
     let stored_member = backend.read_meta(META_MEMBER_ID)?;
     if stored_member != 0 {
-        return Ok((stored_member, backend.read_meta(META_CLUSTER_ID)?, vec![stored_member]));
+        return Ok((
+            stored_member,
+            backend.read_meta(META_CLUSTER_ID)?,
+            vec![stored_member],
+        ));
     }
     if !ids.contains(&own) {
         return Err(Error::DataDir(format!(
@@ -51,18 +66,28 @@ fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
 }
 
 /// Derives the server's settings from the flags.
-pub fn server_config(cfg: &Config, member_id: u64, cluster_id: u64, voters: Vec<u64>) -> ServerConfig {
+pub fn server_config(
+    cfg: &Config,
+    member_id: u64,
+    cluster_id: u64,
+    voters: Vec<u64>,
+) -> ServerConfig {
     ServerConfig {
         name: cfg.name.clone(),
         member_id,
         cluster_id,
-        peer_urls: cfg.initial_advertise_peer_urls.iter().map(url_string).collect(),
+        peer_urls: cfg
+            .initial_advertise_peer_urls
+            .iter()
+            .map(url_string)
+            .collect(),
         client_urls: cfg.advertise_client_urls.iter().map(url_string).collect(),
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
         quota_backend_bytes: cfg.quota_backend_bytes,
         // etcd: 5s plus the time an election may take.
         request_timeout: Duration::from_secs(5) + 2 * cfg.election_timeout,
+        auto_compaction: compaction_policy(cfg),
         raft: RaftConfig {
             id: member_id,
             initial_voters: voters,
@@ -70,6 +95,20 @@ pub fn server_config(cfg: &Config, member_id: u64, cluster_id: u64, voters: Vec<
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
         },
+    }
+}
+
+fn compaction_policy(cfg: &Config) -> Option<Policy> {
+    match (cfg.auto_compaction_mode, cfg.auto_compaction_retention) {
+        (_, AutoCompactionRetention::Disabled) => None,
+        (AutoCompactionMode::Periodic, AutoCompactionRetention::Period(d)) => {
+            Some(Policy::Periodic(d))
+        }
+        (AutoCompactionMode::Revision, AutoCompactionRetention::Revisions(n)) => {
+            Some(Policy::Revision(n as i64))
+        }
+        // The config module pairs mode and retention; a mismatch cannot be parsed.
+        _ => None,
     }
 }
 
@@ -101,6 +140,10 @@ pub async fn serve(
         "published local member to cluster through raft"
     );
     tracing::info!(cluster_version = "3.5", "enabled capabilities for version");
+    let compactor = server.config().auto_compaction.map(|policy| {
+        tracing::info!(?policy, "auto compaction enabled");
+        tokio::spawn(crate::compactor::run(server.clone(), policy))
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for l in listeners {
@@ -120,13 +163,19 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    if let Some(c) = compactor {
+        c.abort();
+    }
     Ok(())
 }
 
 /// Binds every `--listen-client-urls` address.
 pub async fn bind_client_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
     let mut out = Vec::new();
-    for addr in cfg.listen_client_addrs().map_err(|e| Error::DataDir(e.to_string()))? {
+    for addr in cfg
+        .listen_client_addrs()
+        .map_err(|e| Error::DataDir(e.to_string()))?
+    {
         let l = TcpListener::bind(addr).await.map_err(|e| {
             Error::DataDir(format!(
                 "cannot listen on client address {addr}: {e}; is another etcd or concord running there?"

@@ -116,22 +116,86 @@ mod tests {
     #[test]
     fn every_client_error_has_etcds_code_and_text() {
         let cases = [
-            TestCase { err: Error::EmptyKey, code: Code::InvalidArgument, message: "etcdserver: key is not provided" },
-            TestCase { err: Error::KeyNotFound, code: Code::InvalidArgument, message: "etcdserver: key not found" },
-            TestCase { err: Error::ValueProvided, code: Code::InvalidArgument, message: "etcdserver: value is provided" },
-            TestCase { err: Error::LeaseProvided, code: Code::InvalidArgument, message: "etcdserver: lease is provided" },
-            TestCase { err: Error::TooManyOps, code: Code::InvalidArgument, message: "etcdserver: too many operations in txn request" },
-            TestCase { err: Error::DuplicateKey, code: Code::InvalidArgument, message: "etcdserver: duplicate key given in txn request" },
-            TestCase { err: Error::InvalidSortOption, code: Code::InvalidArgument, message: "etcdserver: invalid sort option" },
-            TestCase { err: Error::Compacted, code: Code::OutOfRange, message: "etcdserver: mvcc: required revision has been compacted" },
-            TestCase { err: Error::FutureRev, code: Code::OutOfRange, message: "etcdserver: mvcc: required revision is a future revision" },
-            TestCase { err: Error::NoSpace, code: Code::ResourceExhausted, message: "etcdserver: mvcc: database space exceeded" },
-            TestCase { err: Error::LeaseNotFound, code: Code::NotFound, message: "etcdserver: requested lease not found" },
-            TestCase { err: Error::RequestTooLarge, code: Code::InvalidArgument, message: "etcdserver: request is too large" },
-            TestCase { err: Error::NoLeader, code: Code::Unavailable, message: "etcdserver: no leader" },
-            TestCase { err: Error::NotLeader, code: Code::FailedPrecondition, message: "etcdserver: not leader" },
-            TestCase { err: Error::Timeout, code: Code::Unavailable, message: "etcdserver: request timed out" },
-            TestCase { err: Error::Stopped, code: Code::Unavailable, message: "etcdserver: server stopped" },
+            TestCase {
+                err: Error::EmptyKey,
+                code: Code::InvalidArgument,
+                message: "etcdserver: key is not provided",
+            },
+            TestCase {
+                err: Error::KeyNotFound,
+                code: Code::InvalidArgument,
+                message: "etcdserver: key not found",
+            },
+            TestCase {
+                err: Error::ValueProvided,
+                code: Code::InvalidArgument,
+                message: "etcdserver: value is provided",
+            },
+            TestCase {
+                err: Error::LeaseProvided,
+                code: Code::InvalidArgument,
+                message: "etcdserver: lease is provided",
+            },
+            TestCase {
+                err: Error::TooManyOps,
+                code: Code::InvalidArgument,
+                message: "etcdserver: too many operations in txn request",
+            },
+            TestCase {
+                err: Error::DuplicateKey,
+                code: Code::InvalidArgument,
+                message: "etcdserver: duplicate key given in txn request",
+            },
+            TestCase {
+                err: Error::InvalidSortOption,
+                code: Code::InvalidArgument,
+                message: "etcdserver: invalid sort option",
+            },
+            TestCase {
+                err: Error::Compacted,
+                code: Code::OutOfRange,
+                message: "etcdserver: mvcc: required revision has been compacted",
+            },
+            TestCase {
+                err: Error::FutureRev,
+                code: Code::OutOfRange,
+                message: "etcdserver: mvcc: required revision is a future revision",
+            },
+            TestCase {
+                err: Error::NoSpace,
+                code: Code::ResourceExhausted,
+                message: "etcdserver: mvcc: database space exceeded",
+            },
+            TestCase {
+                err: Error::LeaseNotFound,
+                code: Code::NotFound,
+                message: "etcdserver: requested lease not found",
+            },
+            TestCase {
+                err: Error::RequestTooLarge,
+                code: Code::InvalidArgument,
+                message: "etcdserver: request is too large",
+            },
+            TestCase {
+                err: Error::NoLeader,
+                code: Code::Unavailable,
+                message: "etcdserver: no leader",
+            },
+            TestCase {
+                err: Error::NotLeader,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: not leader",
+            },
+            TestCase {
+                err: Error::Timeout,
+                code: Code::Unavailable,
+                message: "etcdserver: request timed out",
+            },
+            TestCase {
+                err: Error::Stopped,
+                code: Code::Unavailable,
+                message: "etcdserver: server stopped",
+            },
         ];
         for c in cases {
             let status: Status = c.err.into();

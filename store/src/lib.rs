@@ -8,8 +8,9 @@
 pub mod api;
 pub mod apply;
 pub mod backend;
-//TMP pub mod config;
-//TMP pub mod embed;
+pub mod compactor;
+pub mod config;
+pub mod embed;
 pub mod error;
 pub mod ids;
 pub mod mvcc;

@@ -88,7 +88,11 @@ pub fn resolve_rev(requested: i64, revs: Revs) -> Result<i64> {
     if requested > revs.current {
         return Err(Error::FutureRev);
     }
-    let rev = if requested <= 0 { revs.current } else { requested };
+    let rev = if requested <= 0 {
+        revs.current
+    } else {
+        requested
+    };
     if rev < revs.compact {
         return Err(Error::Compacted);
     }
@@ -224,7 +228,15 @@ impl KvRead for ReadView {
         limit: usize,
         count_only: bool,
     ) -> Result<RangeResult> {
-        range(&self.latest, &self.history, interval, rev, self.revs.current, limit, count_only)
+        range(
+            &self.latest,
+            &self.history,
+            interval,
+            rev,
+            self.revs.current,
+            limit,
+            count_only,
+        )
     }
 }
 
@@ -273,12 +285,18 @@ impl<'t> WriteTables<'t> {
 
     /// Current and compaction revisions as of the last finished write request.
     pub fn revs(&self) -> Revs {
-        Revs { current: self.current, compact: self.compact }
+        Revs {
+            current: self.current,
+            compact: self.compact,
+        }
     }
 
     /// Starts one write request (one main revision at most).
     pub fn begin(&mut self) -> TxnWrite<'_, 't> {
-        TxnWrite { tables: self, sub: 0 }
+        TxnWrite {
+            tables: self,
+            sub: 0,
+        }
     }
 
     /// Compacts history to `rev`: every version older than `rev` goes, except the newest
@@ -298,7 +316,9 @@ impl<'t> WriteTables<'t> {
             if krev as i64 > rev {
                 continue;
             }
-            let same_key = newest.as_ref().is_some_and(|(pk, _, _)| pk.as_slice() == key);
+            let same_key = newest
+                .as_ref()
+                .is_some_and(|(pk, _, _)| pk.as_slice() == key);
             if let Some((pk, prev, tomb)) = newest.take() {
                 // An older version of the same key is superseded; a finished key whose newest
                 // version at `rev` is a tombstone goes entirely.
@@ -344,7 +364,10 @@ impl TxnWrite<'_, '_> {
 
     /// Revision bounds for reads inside this request.
     pub fn revs(&self) -> Revs {
-        Revs { current: self.rev(), compact: self.tables.compact }
+        Revs {
+            current: self.rev(),
+            compact: self.tables.compact,
+        }
     }
 
     /// Reads inside the request; sees its own earlier writes.
@@ -356,12 +379,24 @@ impl TxnWrite<'_, '_> {
         count_only: bool,
     ) -> Result<RangeResult> {
         let t = &*self.tables;
-        range(&t.latest, &t.history, interval, rev, self.rev(), limit, count_only)
+        range(
+            &t.latest,
+            &t.history,
+            interval,
+            rev,
+            self.rev(),
+            limit,
+            count_only,
+        )
     }
 
     /// The live version of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.tables.latest.get(key)?.map(|v| decode(key, v.value())).transpose()
+        self.tables
+            .latest
+            .get(key)?
+            .map(|v| decode(key, v.value()))
+            .transpose()
     }
 
     fn record(&mut self, key: &[u8], kv: &KeyValue) -> Result<()> {
@@ -374,14 +409,21 @@ impl TxnWrite<'_, '_> {
         } else {
             self.tables.latest.remove(key)?;
         }
-        self.tables.history.insert((key, new_rev), bytes.as_slice())?;
+        self.tables
+            .history
+            .insert((key, new_rev), bytes.as_slice())?;
         self.tables.changes.insert((new_rev, self.sub), key)?;
         self.sub += 1;
         Ok(())
     }
 
     /// Writes `key`; returns the new key-value and the previous live one.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(KeyValue, Option<KeyValue>)> {
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(KeyValue, Option<KeyValue>)> {
         let prev = self.get(key)?;
         let new_rev = self.tables.current + 1;
         let kv = KeyValue {
@@ -405,7 +447,10 @@ impl TxnWrite<'_, '_> {
         };
         let new_rev = self.tables.current + 1;
         for kv in &found {
-            let tomb = KeyValue { mod_revision: new_rev, ..Default::default() };
+            let tomb = KeyValue {
+                mod_revision: new_rev,
+                ..Default::default()
+            };
             self.record(&kv.key, &tomb)?;
         }
         Ok(found)
@@ -415,7 +460,9 @@ impl TxnWrite<'_, '_> {
     pub fn finish(self) -> Result<i64> {
         if self.sub > 0 {
             self.tables.current += 1;
-            self.tables.meta.insert(META_CURRENT_REV, self.tables.current as u64)?;
+            self.tables
+                .meta
+                .insert(META_CURRENT_REV, self.tables.current as u64)?;
         }
         Ok(self.tables.current)
     }
@@ -454,7 +501,11 @@ mod tests {
         r.kvs
             .into_iter()
             .map(|kv| {
-                (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap(), kv.version)
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                    kv.version,
+                )
             })
             .collect()
     }
@@ -478,7 +529,10 @@ mod tests {
             assert_eq!(keys_at(t, a.clone(), 1), vec![]);
             let all = KeyInterval::From(b"a");
             assert_eq!(keys_at(t, all.clone(), 4).len(), 2);
-            assert_eq!(keys_at(t, all.clone(), 5), vec![("ab".into(), "x".into(), 1)]);
+            assert_eq!(
+                keys_at(t, all.clone(), 5),
+                vec![("ab".into(), "x".into(), 1)]
+            );
             let span = KeyInterval::Span(b"a", b"ab");
             assert_eq!(keys_at(t, span, 6), vec![("a".into(), "3".into(), 1)]);
         });
@@ -496,7 +550,10 @@ mod tests {
             put(t, "c", "1"); // 6
             t.compact(5).unwrap();
             let all = KeyInterval::From(b"a");
-            assert_eq!(keys_at(t, all.clone(), 5), vec![("a".into(), "2".into(), 2)]);
+            assert_eq!(
+                keys_at(t, all.clone(), 5),
+                vec![("a".into(), "2".into(), 2)]
+            );
             assert_eq!(keys_at(t, all, 6).len(), 2);
             // Only a@3 (newest <= 5) and c@6 remain in history.
             assert_eq!(t.history.len().unwrap(), 2);
@@ -521,7 +578,20 @@ mod tests {
             assert_eq!((r.kvs.len(), r.count), (2, 3));
             let r = range(&t.latest, &t.history, &i, 3, 4, 0, true).unwrap();
             assert_eq!((r.kvs.len(), r.count), (0, 2));
-            assert_eq!(range(&t.latest, &t.history, &KeyInterval::Span(b"z", b"a"), 4, 4, 0, false).unwrap().count, 0);
+            assert_eq!(
+                range(
+                    &t.latest,
+                    &t.history,
+                    &KeyInterval::Span(b"z", b"a"),
+                    4,
+                    4,
+                    0,
+                    false
+                )
+                .unwrap()
+                .count,
+                0
+            );
         });
     }
 }

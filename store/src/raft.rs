@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as PbMessage;
 use ::raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use ::raft::{RawNode, StateRole, storage::MemStorage};
+use protobuf::Message as PbMessage;
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
@@ -54,7 +54,11 @@ pub struct RaftConfig {
 /// A request to the raft loop.
 pub enum Msg {
     /// Propose an encoded `InternalRequest` whose id is `id`; the reply comes once applied.
-    Propose { id: u64, data: Vec<u8>, reply: oneshot::Sender<Result<Applied>> },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
     /// Ask for a ReadIndex; the reply is the index to wait for before reading.
     ReadIndex { reply: oneshot::Sender<Result<u64>> },
 }
@@ -91,7 +95,9 @@ impl RaftHandle {
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         let mut rx = self.status.clone();
-        rx.wait_for(|s| s.applied >= index).await.map_err(|_| Error::Stopped)?;
+        rx.wait_for(|s| s.applied >= index)
+            .await
+            .map_err(|_| Error::Stopped)?;
         Ok(())
     }
 }
@@ -99,7 +105,8 @@ impl RaftHandle {
 /// Loads (or bootstraps) raft state from the backend and starts the loop on its own thread.
 pub fn start(backend: Arc<Backend>, cfg: RaftConfig) -> Result<RaftHandle> {
     let (storage, applied) = load_storage(&backend, &cfg)?;
-    let ticks = (cfg.election_timeout.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2) as usize;
+    let ticks =
+        (cfg.election_timeout.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2) as usize;
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: ticks,
@@ -114,13 +121,23 @@ pub fn start(backend: Arc<Backend>, cfg: RaftConfig) -> Result<RaftHandle> {
     raft_cfg.validate()?;
     let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
     let mut node = RawNode::new(&raft_cfg, storage, &logger)?;
-    let voters = node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+    let voters = node
+        .raft
+        .prs()
+        .conf()
+        .voters()
+        .ids()
+        .iter()
+        .collect::<Vec<_>>();
     if voters == [cfg.id] {
         // A lone voter need not wait an election timeout to lead.
         node.campaign()?;
     }
     let (tx, rx) = channel();
-    let (status_tx, status_rx) = watch::channel(RaftStatus { applied, ..Default::default() });
+    let (status_tx, status_rx) = watch::channel(RaftStatus {
+        applied,
+        ..Default::default()
+    });
     let mut driver = Driver {
         node,
         backend,
@@ -141,7 +158,10 @@ pub fn start(backend: Arc<Backend>, cfg: RaftConfig) -> Result<RaftHandle> {
             }
         })
         .map_err(|e| Error::Raft(format!("cannot start raft thread: {e}")))?;
-    Ok(RaftHandle { tx, status: status_rx })
+    Ok(RaftHandle {
+        tx,
+        status: status_rx,
+    })
 }
 
 fn decode<M: PbMessage>(bytes: &[u8]) -> Result<M> {
@@ -149,22 +169,29 @@ fn decode<M: PbMessage>(bytes: &[u8]) -> Result<M> {
 }
 
 fn encode<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
-    m.write_to_bytes().map_err(|e| Error::Storage(format!("cannot encode raft state: {e}")))
+    m.write_to_bytes()
+        .map_err(|e| Error::Storage(format!("cannot encode raft state: {e}")))
 }
 
 /// Rebuilds the in-memory raft log from redb; on a fresh data dir writes the bootstrap state.
 fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
     let rtx = backend.db().begin_read()?;
     let state = rtx.open_table(RAFT_STATE)?;
-    let applied = rtx.open_table(META)?.get(META_APPLIED_INDEX)?.map(|v| v.value()).unwrap_or(0);
+    let applied = rtx
+        .open_table(META)?
+        .get(META_APPLIED_INDEX)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     let Some(cs) = state.get(RAFT_CONF_STATE)? else {
         drop(state);
         drop(rtx);
         let cs = ConfState::from((cfg.initial_voters.clone(), vec![]));
         let storage = MemStorage::new_with_conf_state(cs.clone());
         // Start at term 1 as etcd does, so the first leader's term is 2.
-        let mut hs = HardState::default();
-        hs.term = 1;
+        let hs = HardState {
+            term: 1,
+            ..Default::default()
+        };
         storage.wl().set_hardstate(hs.clone());
         let wtx = backend.db().begin_write()?;
         {
@@ -186,7 +213,10 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
     let entries = rtx
         .open_table(RAFT_LOG)?
         .iter()?
-        .map(|item| item.map_err(Error::from).and_then(|(_, v)| decode::<Entry>(v.value())))
+        .map(|item| {
+            item.map_err(Error::from)
+                .and_then(|(_, v)| decode::<Entry>(v.value()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut core = storage.wl();
     core.append(&entries)?;
@@ -199,7 +229,11 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
     core.set_hardstate(hs);
     core.set_conf_state(cs);
     drop(core);
-    tracing::info!(applied, entries = entries.len(), "loaded raft log from data dir");
+    tracing::info!(
+        applied,
+        entries = entries.len(),
+        "loaded raft log from data dir"
+    );
     Ok((storage, applied))
 }
 
@@ -246,7 +280,8 @@ impl Driver {
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;
                 self.node.read_index(ctx.to_be_bytes().to_vec());
-                self.reads_in_flight.insert(ctx, std::mem::take(&mut self.read_waiters));
+                self.reads_in_flight
+                    .insert(ctx, std::mem::take(&mut self.read_waiters));
             }
             if self.node.has_ready() {
                 self.on_ready()?;
@@ -294,7 +329,12 @@ impl Driver {
             ));
         }
         for rs in ready.take_read_states() {
-            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             for w in self.reads_in_flight.remove(&ctx).unwrap_or_default() {
                 let _ = w.send(Ok(rs.index));
             }
@@ -316,7 +356,8 @@ impl Driver {
         if let Some(hs) = ready.hs() {
             let mut hs = hs.clone();
             hs.commit = hs.commit.max(self.applied);
-            wtx.open_table(RAFT_STATE)?.insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
+            wtx.open_table(RAFT_STATE)?
+                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             self.node.mut_store().wl().set_hardstate(hs);
         }
         wtx.commit()?;
@@ -336,7 +377,8 @@ impl Driver {
                 .map_err(|e| Error::Storage(e.to_string()))?;
             self.apply_committed(&wtx, committed, &mut replies)?;
             let hs = self.node.store().rl().hard_state().clone();
-            wtx.open_table(RAFT_STATE)?.insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
+            wtx.open_table(RAFT_STATE)?
+                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             wtx.commit()?;
             send_replies(replies);
         }
@@ -385,9 +427,14 @@ impl Driver {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, wtx: &WriteTransaction, cc: &impl raft_proto::ConfChangeI) -> Result<()> {
+    fn apply_conf_change(
+        &mut self,
+        wtx: &WriteTransaction,
+        cc: &impl raft_proto::ConfChangeI,
+    ) -> Result<()> {
         let cs = self.node.apply_conf_change(cc)?;
-        wtx.open_table(RAFT_STATE)?.insert(RAFT_CONF_STATE, encode(&cs)?.as_slice())?;
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_CONF_STATE, encode(&cs)?.as_slice())?;
         self.node.mut_store().wl().set_conf_state(cs);
         Ok(())
     }
@@ -400,12 +447,16 @@ impl Driver {
         }
         let keep_from = self.applied - CATCH_UP_ENTRIES;
         let term = ::raft::Storage::term(self.node.store(), keep_from - 1)?;
-        let mut meta = raft::prelude::SnapshotMetadata::default();
-        meta.index = keep_from - 1;
-        meta.term = term;
+        let meta = ::raft::prelude::SnapshotMetadata {
+            index: keep_from - 1,
+            term,
+            ..Default::default()
+        };
         let wtx = self.backend.db().begin_write()?;
-        wtx.open_table(RAFT_LOG)?.retain_in(..keep_from, |_, _| false)?;
-        wtx.open_table(RAFT_STATE)?.insert(RAFT_SNAPSHOT_META, encode(&meta)?.as_slice())?;
+        wtx.open_table(RAFT_LOG)?
+            .retain_in(..keep_from, |_, _| false)?;
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_SNAPSHOT_META, encode(&meta)?.as_slice())?;
         wtx.commit()?;
         self.node.mut_store().wl().compact(keep_from)?;
         tracing::info!(compact_index = keep_from - 1, "compacted raft log");

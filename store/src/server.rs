@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: i64,
     /// How long a proposal may wait before `etcdserver: request timed out`.
     pub request_timeout: Duration,
+    /// Auto-compaction policy, if enabled.
+    pub auto_compaction: Option<crate::compactor::Policy>,
     pub raft: RaftConfig,
 }
 
@@ -64,7 +66,12 @@ impl EtcdServer {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let seed = ((cfg.member_id & 0xffff) << 48) | ((now_ms & 0xff_ffff_ffff) << 8);
-        Ok(Arc::new(EtcdServer { cfg, backend, raft, next_id: AtomicU64::new(seed) }))
+        Ok(Arc::new(EtcdServer {
+            cfg,
+            backend,
+            raft,
+            next_id: AtomicU64::new(seed),
+        }))
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -118,13 +125,21 @@ impl EtcdServer {
         Ok(resp)
     }
 
-    fn check_quota(&self, data_len: usize) -> Result<()> {
-        let quota = if self.cfg.quota_backend_bytes <= 0 {
+    fn quota(&self) -> i64 {
+        if self.cfg.quota_backend_bytes <= 0 {
             DEFAULT_QUOTA_BYTES
         } else {
             self.cfg.quota_backend_bytes
-        };
-        if self.backend.size() as i64 + data_len as i64 > quota {
+        }
+    }
+
+    /// Whether the backend has outgrown `--quota-backend-bytes` (etcd's NOSPACE condition).
+    pub fn over_quota(&self) -> bool {
+        self.backend.size() as i64 > self.quota()
+    }
+
+    fn check_quota(&self, data_len: usize) -> Result<()> {
+        if self.backend.size() as i64 + data_len as i64 > self.quota() {
             return Err(Error::NoSpace);
         }
         Ok(())
@@ -137,7 +152,11 @@ impl EtcdServer {
             Request::Txn(t) => !apply::txn_is_read_only(t),
             Request::Compaction(_) => false,
         };
-        let data = InternalRequest { id, request: Some(request) }.encode_to_vec();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -145,7 +164,11 @@ impl EtcdServer {
             self.check_quota(data.len())?;
         }
         let (tx, rx) = oneshot::channel();
-        self.raft.send(Msg::Propose { id, data, reply: tx })?;
+        self.raft.send(Msg::Propose {
+            id,
+            data,
+            reply: tx,
+        })?;
         tokio::time::timeout(self.cfg.request_timeout, rx)
             .await
             .map_err(|_| Error::Timeout)?
@@ -220,6 +243,30 @@ impl EtcdServer {
             client_ur_ls: self.cfg.client_urls.clone(),
             is_learner: false,
         }]
+    }
+}
+
+impl crate::compactor::Target for Arc<EtcdServer> {
+    fn current_rev(&self) -> i64 {
+        self.read_view()
+            .map(|v| crate::mvcc::KvRead::revs(&v).current)
+            .unwrap_or(0)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.status().is_leader
+    }
+
+    async fn compact(&self, rev: i64) -> Result<()> {
+        EtcdServer::compact(
+            self,
+            CompactionRequest {
+                revision: rev,
+                physical: false,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
 

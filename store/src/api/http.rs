@@ -63,7 +63,10 @@ async fn livez() -> impl IntoResponse {
 async fn readyz(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
     match check(&server).await {
         Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]serializable_read failed: {reason}\nreadyz check failed")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]serializable_read failed: {reason}\nreadyz check failed"),
+        ),
     }
 }
 
@@ -84,20 +87,71 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 async fn metrics(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
     let st = server.raft_status();
     let mut r = Registry::default();
-    gauge(&mut r, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", i64::from(st.leader != 0));
-    gauge(&mut r, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", i64::from(st.is_leader));
-    gauge(&mut r, "etcd_server_proposals_committed", "The total number of consensus proposals committed.", st.commit as i64);
-    gauge(&mut r, "etcd_server_proposals_applied", "The total number of consensus proposals applied.", st.applied as i64);
-    gauge(&mut r, "etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", 1);
-    gauge(&mut r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.", server.status().map(|s| s.db_size).unwrap_or(0));
+    gauge(
+        &mut r,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        i64::from(st.leader != 0),
+    );
+    gauge(
+        &mut r,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        i64::from(st.is_leader),
+    );
+    gauge(
+        &mut r,
+        "etcd_server_proposals_committed",
+        "The total number of consensus proposals committed.",
+        st.commit as i64,
+    );
+    gauge(
+        &mut r,
+        "etcd_server_proposals_applied",
+        "The total number of consensus proposals applied.",
+        st.applied as i64,
+    );
+    gauge(
+        &mut r,
+        "etcd_server_id",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        1,
+    );
+    gauge(
+        &mut r,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Total size of the underlying database physically allocated in bytes.",
+        server.status().map(|s| s.db_size).unwrap_or(0),
+    );
     if let Ok(view) = server.read_view() {
         let revs = crate::mvcc::KvRead::revs(&view);
-        gauge(&mut r, "etcd_debugging_mvcc_current_revision", "The current revision of store.", revs.current);
-        gauge(&mut r, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.", revs.compact);
+        gauge(
+            &mut r,
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store.",
+            revs.current,
+        );
+        gauge(
+            &mut r,
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            revs.compact,
+        );
     }
     let mut body = String::new();
     match encode(&mut body, &r) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string()),
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string(),
+        ),
     }
 }

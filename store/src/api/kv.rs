@@ -101,14 +101,19 @@ impl Writes<'_> {
 /// etcd's `checkIntervals`: no key put twice, and no key both put and deleted, within what one
 /// execution of the txn can touch.
 fn check_intervals(reqs: &[RequestOp]) -> Result<Writes<'_>> {
-    let mut w = Writes { puts: HashSet::new(), dels: Vec::new() };
+    let mut w = Writes {
+        puts: HashSet::new(),
+        dels: Vec::new(),
+    };
     for op in reqs {
         if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
             w.dels.push(KeyInterval::new(&d.key, &d.range_end));
         }
     }
     for op in reqs {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let then = check_intervals(&t.success)?;
         let other = check_intervals(&t.failure)?;
         for k in &then.puts {
@@ -128,7 +133,9 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<Writes<'_>> {
         w.dels.extend(other.dels);
     }
     for op in reqs {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         let k = p.key.as_slice();
         if w.puts.contains(k) || w.deletes(k) {
             return Err(Error::DuplicateKey);
@@ -183,22 +190,33 @@ mod tests {
 
     fn put(k: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })),
-        }
-    }
-
-    fn del(k: &str, end: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            request: Some(request_op::Request::RequestPut(PutRequest {
                 key: k.into(),
-                range_end: end.into(),
                 ..Default::default()
             })),
         }
     }
 
+    fn del(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::RequestTxn(TxnRequest { compare: vec![], success, failure })) }
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            })),
+        }
     }
 
     struct TestCase {
@@ -210,27 +228,72 @@ mod tests {
     #[test]
     fn overlapping_writes_are_duplicate_keys() {
         let cases = vec![
-            TestCase { name: "distinct puts", ops: vec![put("a"), put("b")], duplicate: false },
-            TestCase { name: "same put twice", ops: vec![put("a"), put("a")], duplicate: true },
-            TestCase { name: "put inside deleted range", ops: vec![del("a", "c"), put("b")], duplicate: true },
-            TestCase { name: "put outside deleted range", ops: vec![del("a", "c"), put("c")], duplicate: false },
-            TestCase { name: "nested then/else may share", ops: vec![txn(vec![put("a")], vec![put("a")])], duplicate: false },
-            TestCase { name: "nested put clashes with outer", ops: vec![put("a"), txn(vec![put("a")], vec![])], duplicate: true },
-            TestCase { name: "nested delete clashes with outer put", ops: vec![txn(vec![del("a", "")], vec![]), put("a")], duplicate: true },
+            TestCase {
+                name: "distinct puts",
+                ops: vec![put("a"), put("b")],
+                duplicate: false,
+            },
+            TestCase {
+                name: "same put twice",
+                ops: vec![put("a"), put("a")],
+                duplicate: true,
+            },
+            TestCase {
+                name: "put inside deleted range",
+                ops: vec![del("a", "c"), put("b")],
+                duplicate: true,
+            },
+            TestCase {
+                name: "put outside deleted range",
+                ops: vec![del("a", "c"), put("c")],
+                duplicate: false,
+            },
+            TestCase {
+                name: "nested then/else may share",
+                ops: vec![txn(vec![put("a")], vec![put("a")])],
+                duplicate: false,
+            },
+            TestCase {
+                name: "nested put clashes with outer",
+                ops: vec![put("a"), txn(vec![put("a")], vec![])],
+                duplicate: true,
+            },
+            TestCase {
+                name: "nested delete clashes with outer put",
+                ops: vec![txn(vec![del("a", "")], vec![]), put("a")],
+                duplicate: true,
+            },
         ];
         for c in cases {
             let got = check_intervals(&c.ops);
-            assert_eq!(matches!(got, Err(Error::DuplicateKey)), c.duplicate, "{}", c.name);
+            assert_eq!(
+                matches!(got, Err(Error::DuplicateKey)),
+                c.duplicate,
+                "{}",
+                c.name
+            );
         }
     }
 
     #[test]
     fn txn_limits_and_empty_keys() {
-        let many = TxnRequest { compare: vec![], success: (0..129).map(|i| put(&format!("k{i}"))).collect(), failure: vec![] };
+        let many = TxnRequest {
+            compare: vec![],
+            success: (0..129).map(|i| put(&format!("k{i}"))).collect(),
+            failure: vec![],
+        };
         assert!(matches!(check_txn(&many, 128), Err(Error::TooManyOps)));
-        let empty = TxnRequest { compare: vec![], success: vec![put("")], failure: vec![] };
+        let empty = TxnRequest {
+            compare: vec![],
+            success: vec![put("")],
+            failure: vec![],
+        };
         assert!(matches!(check_txn(&empty, 128), Err(Error::EmptyKey)));
-        let nil_op = TxnRequest { compare: vec![], success: vec![RequestOp { request: None }], failure: vec![] };
+        let nil_op = TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp { request: None }],
+            failure: vec![],
+        };
         assert!(matches!(check_txn(&nil_op, 128), Err(Error::KeyNotFound)));
     }
 }

@@ -37,7 +37,9 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(ClusterServer::new(cluster::ClusterService::new(server.clone())));
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
+        server.clone(),
+    )));
     grpc.into_axum_router().merge(http::router(server))
 }
 
@@ -50,5 +52,7 @@ pub async fn serve_client(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(server))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
