@@ -158,13 +158,23 @@ pub async fn serve(
         }));
         tracing::info!(address = %addr, "ready to serve client requests");
     }
-    shutdown.await;
+    let raft_failed = tokio::select! {
+        _ = shutdown => false,
+        _ = server.raft_stopped() => true,
+    };
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
     if let Some(c) = compactor {
         c.abort();
+    }
+    if raft_failed {
+        return Err(Error::Raft(
+            "the raft loop stopped (see the error logged above); restart the member, and check \
+             the data dir's disk if it happens again"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod mvcc;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod watch;
 
 pub use error::{Error, Result};
 

@@ -15,7 +15,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::backend::{KV_CHANGES, KV_HISTORY, KV_LATEST, META, META_COMPACT_REV, META_CURRENT_REV};
 use crate::error::{Error, Result};
-use crate::proto::mvccpb::KeyValue;
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
 /// Key type of `KV_LATEST` as redb sees it.
 pub type LatestKey = &'static [u8];
@@ -265,6 +265,9 @@ pub struct WriteTables<'t> {
     current: i64,
     /// Revision of the last compaction.
     compact: i64,
+    /// Changes made through these tables, in revision order, each with its previous version:
+    /// the raft loop hands them to the watch hub once the transaction is committed.
+    events: Vec<Event>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -280,6 +283,7 @@ impl<'t> WriteTables<'t> {
             meta,
             current,
             compact,
+            events: Vec::new(),
         })
     }
 
@@ -289,6 +293,11 @@ impl<'t> WriteTables<'t> {
             current: self.current,
             compact: self.compact,
         }
+    }
+
+    /// Takes the events recorded so far.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// Starts one write request (one main revision at most).
@@ -399,7 +408,7 @@ impl TxnWrite<'_, '_> {
             .transpose()
     }
 
-    fn record(&mut self, key: &[u8], kv: &KeyValue) -> Result<()> {
+    fn record(&mut self, key: &[u8], kv: &KeyValue, prev: Option<&KeyValue>) -> Result<()> {
         let new_rev = (self.tables.current + 1) as u64;
         let mut stored = kv.clone();
         stored.key.clear();
@@ -414,6 +423,18 @@ impl TxnWrite<'_, '_> {
             .insert((key, new_rev), bytes.as_slice())?;
         self.tables.changes.insert((new_rev, self.sub), key)?;
         self.sub += 1;
+        let kind = if kv.version > 0 {
+            EventType::Put
+        } else {
+            EventType::Delete
+        };
+        let mut kv = kv.clone();
+        kv.key = key.to_vec();
+        self.tables.events.push(Event {
+            r#type: kind as i32,
+            kv: Some(kv),
+            prev_kv: prev.cloned(),
+        });
         Ok(())
     }
 
@@ -434,7 +455,7 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.record(key, &kv)?;
+        self.record(key, &kv, prev.as_ref())?;
         Ok((kv, prev))
     }
 
@@ -451,7 +472,7 @@ impl TxnWrite<'_, '_> {
                 mod_revision: new_rev,
                 ..Default::default()
             };
-            self.record(&kv.key, &tomb)?;
+            self.record(&kv.key, &tomb, Some(kv))?;
         }
         Ok(found)
     }

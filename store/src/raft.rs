@@ -31,7 +31,9 @@ use crate::backend::{
     RAFT_SNAPSHOT_META, RAFT_STATE,
 };
 use crate::error::{Error, Result};
-use crate::mvcc::WriteTables;
+use crate::mvcc::{Revs, WriteTables};
+use crate::proto::mvccpb::Event;
+use crate::watch::WatchHub;
 
 /// Entries kept in the log after a compaction, so slow followers can catch up from the log.
 const CATCH_UP_ENTRIES: u64 = 5000;
@@ -92,6 +94,13 @@ impl RaftHandle {
         *self.status.borrow()
     }
 
+    /// Resolves when the raft loop has stopped (it only stops on a storage or raft failure, or
+    /// when every handle is gone).
+    pub async fn stopped(&self) {
+        let mut rx = self.status.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         let mut rx = self.status.clone();
@@ -103,7 +112,7 @@ impl RaftHandle {
 }
 
 /// Loads (or bootstraps) raft state from the backend and starts the loop on its own thread.
-pub fn start(backend: Arc<Backend>, cfg: RaftConfig) -> Result<RaftHandle> {
+pub fn start(backend: Arc<Backend>, hub: Arc<WatchHub>, cfg: RaftConfig) -> Result<RaftHandle> {
     let (storage, applied) = load_storage(&backend, &cfg)?;
     let ticks =
         (cfg.election_timeout.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2) as usize;
@@ -141,6 +150,7 @@ pub fn start(backend: Arc<Backend>, cfg: RaftConfig) -> Result<RaftHandle> {
     let mut driver = Driver {
         node,
         backend,
+        hub,
         rx,
         status: status_tx,
         cfg,
@@ -240,6 +250,8 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
 struct Driver {
     node: RawNode<MemStorage>,
     backend: Arc<Backend>,
+    /// Receives the events of every committed apply transaction.
+    hub: Arc<WatchHub>,
     rx: Receiver<Msg>,
     status: watch::Sender<RaftStatus>,
     cfg: RaftConfig,
@@ -342,7 +354,7 @@ impl Driver {
         // 3-5. Committed entries, new entries and hard state: one durable transaction.
         let mut replies = Vec::new();
         let wtx = self.backend.db().begin_write()?;
-        self.apply_committed(&wtx, ready.take_committed_entries(), &mut replies)?;
+        let applied = self.apply_committed(&wtx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if let Some(first) = entries.first() {
             let mut log = wtx.open_table(RAFT_LOG)?;
@@ -361,6 +373,7 @@ impl Driver {
             self.node.mut_store().wl().set_hardstate(hs);
         }
         wtx.commit()?;
+        self.publish_events(applied);
         send_replies(replies);
         // 6. Messages that needed the append to be durable.
         let _ = ready.take_persisted_messages();
@@ -375,11 +388,12 @@ impl Driver {
             let mut wtx = self.backend.db().begin_write()?;
             wtx.set_durability(Durability::None)
                 .map_err(|e| Error::Storage(e.to_string()))?;
-            self.apply_committed(&wtx, committed, &mut replies)?;
+            let applied = self.apply_committed(&wtx, committed, &mut replies)?;
             let hs = self.node.store().rl().hard_state().clone();
             wtx.open_table(RAFT_STATE)?
                 .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             wtx.commit()?;
+            self.publish_events(applied);
             send_replies(replies);
         }
         self.node.advance_apply();
@@ -388,16 +402,26 @@ impl Driver {
         Ok(())
     }
 
+    /// Hands committed events to the watch hub.
+    fn publish_events(&self, applied: Option<(Vec<Event>, Revs)>) {
+        if let Some((events, revs)) = applied {
+            self.hub.publish(events, revs);
+        }
+    }
+
+    /// Applies `entries` inside `wtx`; returns the events they produced and the store revision
+    /// after them (None when there was nothing to apply).
+    #[must_use = "committed events must reach the watch hub"]
     fn apply_committed(
         &mut self,
         wtx: &WriteTransaction,
         entries: Vec<Entry>,
         replies: &mut Vec<(oneshot::Sender<Result<Applied>>, Result<Applied>)>,
-    ) -> Result<()> {
+    ) -> Result<Option<(Vec<Event>, Revs)>> {
         let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
+            return Ok(None);
         };
-        {
+        let out = {
             let mut tables = WriteTables::open(wtx)?;
             for e in &entries {
                 match e.get_entry_type() {
@@ -421,10 +445,11 @@ impl Driver {
                     }
                 }
             }
-        }
+            (tables.take_events(), tables.revs())
+        };
         wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         self.applied = last;
-        Ok(())
+        Ok(Some(out))
     }
 
     fn apply_conf_change(

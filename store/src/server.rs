@@ -24,6 +24,7 @@ use crate::proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
+use crate::watch::WatchHub;
 
 /// etcd's default backend quota when `--quota-backend-bytes` is 0: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
@@ -52,13 +53,15 @@ pub struct EtcdServer {
     cfg: ServerConfig,
     backend: Arc<Backend>,
     raft: RaftHandle,
+    hub: Arc<WatchHub>,
     next_id: AtomicU64,
 }
 
 impl EtcdServer {
     /// Starts the member on `backend`: loads raft state and starts the raft loop.
     pub fn start(cfg: ServerConfig, backend: Arc<Backend>) -> Result<Arc<EtcdServer>> {
-        let raft = crate::raft::start(backend.clone(), cfg.raft.clone())?;
+        let hub = WatchHub::new(backend.clone())?;
+        let raft = crate::raft::start(backend.clone(), hub.clone(), cfg.raft.clone())?;
         // Proposal ids: the member id's low 16 bits, then a counter seeded from the clock, as
         // etcd's idutil does, so ids stay unique across members and restarts.
         let now_ms = std::time::SystemTime::now()
@@ -70,12 +73,23 @@ impl EtcdServer {
             cfg,
             backend,
             raft,
+            hub,
             next_id: AtomicU64::new(seed),
         }))
     }
 
+    /// The watch hub of this member.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
+    }
+
+    /// Resolves if the raft loop stops; the member cannot serve writes after that.
+    pub async fn raft_stopped(&self) {
+        self.raft.stopped().await
     }
 
     pub fn raft_status(&self) -> RaftStatus {

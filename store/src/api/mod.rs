@@ -5,10 +5,12 @@
 //! `Error -> Status` (in `error`) produce etcd's codes and texts. Nothing here touches raft or
 //! storage directly.
 
+pub mod authority;
 pub mod cluster;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use crate::server::EtcdServer;
 
@@ -37,6 +40,11 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         server.clone(),
     )));
@@ -49,9 +57,10 @@ pub async fn serve_client(
     server: Arc<EtcdServer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    // Every connection is read through `FixAuthority` (etcdctl 3.4's `http://` authorities).
+    let listener = authority::FixAuthorityListener(listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
-    });
+    }));
     axum::serve(listener, router(server))
         .with_graceful_shutdown(shutdown)
         .await
