@@ -11,12 +11,14 @@ use std::cmp::Ordering;
 use prost::Message;
 
 use crate::error::{Error, Result};
+use crate::lease;
 use crate::mvcc::{KeyInterval, KvRead, TxnWrite, WriteTables, resolve_rev};
 use crate::proto::concordpb::{InternalRequest, internal_request::Request};
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse, compare, range_request, request_op, response_op,
+    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, range_request,
+    request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -27,6 +29,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -54,14 +58,26 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
         }
         Some(Request::Txn(t)) => txn(tables, &t).map(Applied::Txn),
         Some(Request::Compaction(c)) => compaction(tables, &c).map(Applied::Compaction),
+        Some(Request::LeaseGrant(g)) => lease::grant(tables, g.id, g.ttl).map(|()| {
+            Applied::LeaseGrant(LeaseGrantResponse {
+                header: header(tables.revs().current),
+                id: g.id,
+                ttl: g.ttl,
+                error: String::new(),
+            })
+        }),
+        Some(Request::LeaseRevoke(r)) => lease::revoke(tables, r.id).map(|rev| {
+            Applied::LeaseRevoke(LeaseRevokeResponse {
+                header: header(rev),
+            })
+        }),
+        // The raft loop hands membership requests to `membership`; one reaching here is a bug.
+        Some(Request::MemberAttrSet(_)) => Err(Error::Raft(
+            "membership request reached the key-value applier".into(),
+        )),
         None => Err(Error::Raft("empty internal request".into())),
     };
     (req.id, out)
-}
-
-/// No lease can exist until the lease service lands: every lease id is unknown.
-fn lease_exists(_id: i64) -> bool {
-    false
 }
 
 /// etcd's Range: fetch, filter by mod/create revision, sort, truncate to `limit`.
@@ -131,7 +147,7 @@ pub fn range(view: &impl KvRead, r: &RangeRequest) -> Result<RangeResponse> {
 }
 
 fn put(tables: &mut WriteTables<'_>, p: &PutRequest) -> Result<PutResponse> {
-    if p.lease != 0 && !lease_exists(p.lease) {
+    if p.lease != 0 && !lease::exists(tables, p.lease)? {
         return Err(Error::LeaseNotFound);
     }
     let mut w = tables.begin();
@@ -293,7 +309,7 @@ fn txn(tables: &mut WriteTables<'_>, t: &TxnRequest) -> Result<TxnResponse> {
                 if (p.ignore_value || p.ignore_lease) && w.get(&p.key)?.is_none() {
                     return Err(Error::KeyNotFound);
                 }
-                if p.lease != 0 && !lease_exists(p.lease) {
+                if p.lease != 0 && !w.lease_exists(p.lease)? {
                     return Err(Error::LeaseNotFound);
                 }
             }

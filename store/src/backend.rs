@@ -3,7 +3,7 @@
 //! Layout of a data dir (format version [`FORMAT_VERSION`]):
 //!
 //! ```text
-//! <data-dir>/concord/store.redb   one redb file: raft log, raft state, MVCC key space, meta
+//! <data-dir>/concord/store.redb   one redb file: raft log, raft state, MVCC key space, members, meta
 //! ```
 //!
 //! All tables are declared here as `const TableDefinition`s with their byte layout documented,
@@ -62,6 +62,20 @@ pub const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::ne
 /// Change log in revision order: (main revision, sub revision) -> user key. Lets watchers and
 /// compaction walk history by revision without scanning the key space.
 pub const KV_CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_changes");
+
+/// Granted leases: lease id -> `concordpb.LeaseRecord` (prost).
+pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+
+/// Keys attached to leases: (lease id, user key) -> (). Kept in step with the `lease` field of
+/// each key's live version, so revoking a lease finds its keys without scanning the key space.
+pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
+
+/// Cluster membership: member id -> `etcdserverpb.Member` (prost: id, name, peer URLs, client
+/// URLs, is_learner). Written at bootstrap from `--initial-cluster` (names and peer URLs; client
+/// URLs empty), then only by applied raft entries (`MemberAttrSet` publishes a member's name and
+/// client URLs), so every member holds the same rows and a restart needs no flags. Owned by
+/// `membership`.
+pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
 /// The open database of one member.
 pub struct Backend {
@@ -122,6 +136,9 @@ impl Backend {
             wtx.open_table(KV_LATEST)?;
             wtx.open_table(KV_HISTORY)?;
             wtx.open_table(KV_CHANGES)?;
+            wtx.open_table(MEMBERS)?;
+            wtx.open_table(LEASES)?;
+            wtx.open_table(LEASE_KEYS)?;
         }
         wtx.commit()?;
         Ok(())

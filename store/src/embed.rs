@@ -1,10 +1,10 @@
-//! Assembles a member from a [`Config`]: opens the data dir, derives ids, starts raft and the
-//! server, and serves every client listener until shutdown.
+//! Assembles a member from a [`Config`]: opens the data dir, derives ids and the initial
+//! membership, starts raft and the server, serves the peer listeners, publishes the member
+//! through raft and then serves every client listener until shutdown.
 //!
-//! `main` stays thin: it parses flags, sets up logging and calls [`run`]. Tests call
-//! [`start`] with listeners they bound themselves (port 0).
+//! `main` stays thin: it parses flags, sets up logging and calls [`start`] and [`serve_all`].
+//! Tests call [`start`] and [`serve`] with listeners they bound themselves (port 0).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,47 +13,48 @@ use tokio::net::TcpListener;
 
 use crate::backend::{Backend, META, META_CLUSTER_ID, META_MEMBER_ID};
 use crate::compactor::Policy;
-use crate::config::{AutoCompactionMode, AutoCompactionRetention, Config};
+use crate::config::{AutoCompactionMode, AutoCompactionRetention, ClusterState, Config};
 use crate::error::{Error, Result};
 use crate::ids::{cluster_id, member_id, url_string};
+use crate::membership;
 use crate::raft::RaftConfig;
 use crate::server::{EtcdServer, ServerConfig};
 
-/// Member and cluster ids: read from the data dir, or derived from the flags on first start.
+/// Member and cluster ids and the voters: read from the data dir, or derived from the flags on
+/// first start, when the initial members are written to the data dir in the same transaction.
 fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
-    let mut by_name: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, url) in &cfg.initial_cluster {
-        by_name
-            .entry(name.as_str())
-            .or_default()
-            .push(url_string(url));
+    let stored_member = backend.read_meta(META_MEMBER_ID)?;
+    if stored_member != 0 {
+        let members = membership::list(backend)?;
+        let mut voters = membership::voters(&members);
+        if voters.is_empty() {
+            // A data dir written before the members table existed: a one-member cluster.
+            voters = vec![stored_member];
+        }
+        if cfg.initial_cluster_state == ClusterState::New && !cfg.initial_cluster.is_empty() {
+            tracing::info!(
+                "the data dir already holds a member; ignoring --initial-cluster, \
+                 --initial-cluster-state and --initial-cluster-token"
+            );
+        }
+        return Ok((stored_member, backend.read_meta(META_CLUSTER_ID)?, voters));
     }
-    let ids: Vec<u64> = by_name
-        .values()
-        .map(|urls| member_id(urls, &cfg.initial_cluster_token, None))
-        .collect();
     let own_urls: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
         .map(url_string)
         .collect();
     let own = member_id(&own_urls, &cfg.initial_cluster_token, None);
-    let stored_member = backend.read_meta(META_MEMBER_ID)?;
-    if stored_member != 0 {
-        return Ok((
-            stored_member,
-            backend.read_meta(META_CLUSTER_ID)?,
-            vec![stored_member],
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return Err(Error::DataDir(
+            "--initial-cluster-state=existing (joining a running cluster) is not implemented \
+             yet; start every member of a new cluster with --initial-cluster-state=new"
+                .into(),
         ));
     }
-    if !ids.contains(&own) {
-        return Err(Error::DataDir(format!(
-            "couldn't find local name {:?} in the initial cluster configuration: --initial-cluster \
-             must list this member with its --initial-advertise-peer-urls ({})",
-            cfg.name,
-            own_urls.join(",")
-        )));
-    }
+    let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    membership::check_local_member(&members, own, &cfg.name, &own_urls)?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cid = cluster_id(&ids);
     let wtx = backend.db().begin_write()?;
     {
@@ -61,6 +62,7 @@ fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
         meta.insert(META_MEMBER_ID, own)?;
         meta.insert(META_CLUSTER_ID, cid)?;
     }
+    membership::write(&wtx, &members)?;
     wtx.commit()?;
     Ok((own, cid, ids))
 }
@@ -126,24 +128,62 @@ pub fn start(cfg: &Config) -> Result<Arc<EtcdServer>> {
     EtcdServer::start(server_config(cfg, member, cluster, voters), backend)
 }
 
-/// Waits for a leader, then serves the client api on every listener until `shutdown`.
+/// Publishes the member through raft (which needs a leader), then serves the client api on
+/// every listener until `shutdown`. For a member without peers (tests); see [`serve_all`].
 pub async fn serve(
     server: Arc<EtcdServer>,
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    while server.raft_status().leader == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    serve_all(server, listeners, Vec::new(), shutdown).await
+}
+
+/// Serves the peer listeners at once (raft needs them to elect a leader), publishes the member
+/// through raft, then serves the client api on every client listener until `shutdown`.
+pub async fn serve_all(
+    server: Arc<EtcdServer>,
+    listeners: Vec<TcpListener>,
+    peer_listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let mut peer_tasks = Vec::new();
+    for l in peer_listeners {
+        let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
+        let mut rx = peer_stop_rx.clone();
+        let service = server.peer_service();
+        peer_tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::transport::serve_peers(l, service, stop).await {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        }));
+        tracing::info!(address = %addr, "serving peer traffic");
     }
-    tracing::info!(
-        local_member_id = format!("{:x}", server.config().member_id),
-        "published local member to cluster through raft"
-    );
+    let stop_peers = || {
+        let _ = peer_stop_tx.send(true);
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        r = server.publish() => {
+            if let Err(e) = r {
+                stop_peers();
+                return Err(e);
+            }
+        }
+        _ = &mut shutdown => {
+            stop_peers();
+            return Ok(());
+        }
+    }
     tracing::info!(cluster_version = "3.5", "enabled capabilities for version");
     let compactor = server.config().auto_compaction.map(|policy| {
         tracing::info!(?policy, "auto compaction enabled");
         tokio::spawn(crate::compactor::run(server.clone(), policy))
     });
+    let lessor = tokio::spawn(server.clone().run_lessor());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for l in listeners {
@@ -166,9 +206,14 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    stop_peers();
+    for t in peer_tasks {
+        let _ = t.await;
+    }
     if let Some(c) = compactor {
         c.abort();
     }
+    lessor.abort();
     if raft_failed {
         return Err(Error::Raft(
             "the raft loop stopped (see the error logged above); restart the member, and check \
@@ -177,6 +222,23 @@ pub async fn serve(
         ));
     }
     Ok(())
+}
+
+/// Binds every `--listen-peer-urls` address.
+pub async fn bind_peer_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in cfg
+        .listen_peer_addrs()
+        .map_err(|e| Error::DataDir(e.to_string()))?
+    {
+        let l = TcpListener::bind(addr).await.map_err(|e| {
+            Error::DataDir(format!(
+                "cannot listen on peer address {addr}: {e}; is another etcd or concord running there?"
+            ))
+        })?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// Binds every `--listen-client-urls` address.

@@ -34,6 +34,10 @@ pub enum Error {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -65,6 +69,8 @@ impl Error {
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
+            LeaseExists => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped => Code::Unavailable,
             NotLeader => Code::FailedPrecondition,
             Storage(_) | Raft(_) | DataDir(_) => Code::Internal,
@@ -170,6 +176,16 @@ mod tests {
                 err: Error::LeaseNotFound,
                 code: Code::NotFound,
                 message: "etcdserver: requested lease not found",
+            },
+            TestCase {
+                err: Error::LeaseExists,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: lease already exists",
+            },
+            TestCase {
+                err: Error::LeaseTtlTooLarge,
+                code: Code::OutOfRange,
+                message: "etcdserver: too large lease TTL",
             },
             TestCase {
                 err: Error::RequestTooLarge,

@@ -13,10 +13,13 @@ pub mod config;
 pub mod embed;
 pub mod error;
 pub mod ids;
+pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod transport;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -68,6 +68,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listeners = embed::bind_client_listeners(&cfg).await?;
         let server = embed::start(&cfg).context("cannot start the member")?;
+        let peer_listeners = embed::bind_peer_listeners(&cfg).await?;
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -78,7 +79,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             }
             tracing::info!("received signal; shutting down");
         };
-        embed::serve(server, listeners, shutdown).await?;
+        embed::serve_all(server, listeners, peer_listeners, shutdown).await?;
         Ok(())
     })
 }

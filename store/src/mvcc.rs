@@ -13,7 +13,9 @@ use std::ops::Bound;
 use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::backend::{KV_CHANGES, KV_HISTORY, KV_LATEST, META, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{
+    KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, META, META_COMPACT_REV, META_CURRENT_REV,
+};
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
@@ -261,6 +263,10 @@ pub struct WriteTables<'t> {
     pub history: Table<'t, HistoryKey, &'static [u8]>,
     changes: Table<'t, (u64, u32), &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
+    /// Granted leases (see `backend::LEASES`); the `lease` module reads and writes them.
+    pub leases: Table<'t, i64, &'static [u8]>,
+    /// Lease attachments (see `backend::LEASE_KEYS`), kept in step by `put` and `delete_range`.
+    pub lease_keys: Table<'t, (i64, &'static [u8]), ()>,
     /// Current main revision as of the last finished write request.
     current: i64,
     /// Revision of the last compaction.
@@ -268,6 +274,8 @@ pub struct WriteTables<'t> {
     /// Changes made through these tables, in revision order, each with its previous version:
     /// the raft loop hands them to the watch hub once the transaction is committed.
     events: Vec<Event>,
+    /// Lease grants and revokes made through these tables, for the lessor after commit.
+    pub lease_changes: Vec<crate::lease::LeaseChange>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -281,9 +289,12 @@ impl<'t> WriteTables<'t> {
             history: wtx.open_table(KV_HISTORY)?,
             changes: wtx.open_table(KV_CHANGES)?,
             meta,
+            leases: wtx.open_table(LEASES)?,
+            lease_keys: wtx.open_table(LEASE_KEYS)?,
             current,
             compact,
             events: Vec::new(),
+            lease_changes: Vec::new(),
         })
     }
 
@@ -399,6 +410,11 @@ impl TxnWrite<'_, '_> {
         )
     }
 
+    /// Whether lease `id` is granted, as of this request.
+    pub fn lease_exists(&self, id: i64) -> Result<bool> {
+        Ok(self.tables.leases.get(id)?.is_some())
+    }
+
     /// The live version of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         self.tables
@@ -410,6 +426,13 @@ impl TxnWrite<'_, '_> {
 
     fn record(&mut self, key: &[u8], kv: &KeyValue, prev: Option<&KeyValue>) -> Result<()> {
         let new_rev = (self.tables.current + 1) as u64;
+        let old_lease = prev.map_or(0, |p| p.lease);
+        if old_lease != 0 && old_lease != kv.lease {
+            self.tables.lease_keys.remove((old_lease, key))?;
+        }
+        if kv.lease != 0 && kv.lease != old_lease {
+            self.tables.lease_keys.insert((kv.lease, key), ())?;
+        }
         let mut stored = kv.clone();
         stored.key.clear();
         let bytes = stored.encode_to_vec();

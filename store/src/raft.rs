@@ -5,22 +5,36 @@
 //! [`Msg`]s, answers come back on per-request oneshots, and progress (applied index, term,
 //! leader) is published on `watch` channels. One `on_ready` follows raft-rs's documented order:
 //! messages, snapshot, committed entries, append, hard state, persisted messages, advance,
-//! light ready, advance_apply.
+//! light ready, advance_apply. Messages for other members go to the peer transport
+//! (`transport`) at the three points raft-rs documents: the Ready's messages before persisting,
+//! its persisted messages after the durable commit, and the light ready's messages.
+//!
+//! With peers: a follower's proposal is forwarded to the leader by raft-rs and tracked here by
+//! its proposal id, so the proposing member answers its client when the entry is applied
+//! locally (or the server's request timeout fires if the entry was lost with a leader). A
+//! request arriving while no leader is known waits up to [`RaftConfig::leader_wait`] for one,
+//! then fails with `etcdserver: no leader`. ReadIndex contexts carry the member id (the leader
+//! keys pending reads by context) and are re-sent every [`READ_INDEX_RETRY`] until answered,
+//! since a new leader drops reads until it commits an entry of its term. Log snapshots are
+//! never sent: a member that needs one stays behind (logged) until snapshot shipping lands.
 //!
 //! Durability: the entries of a Ready, its hard state and the committed entries it carries go
 //! into ONE redb write transaction with immediate durability (one fsync per batch, shared by all
 //! proposals that arrived meanwhile: group commit). Entries committed by the light ready are
 //! applied in a second, non-durable transaction: they are already durable in the log, and the
 //! applied index travels with their effects, so replay after a crash redoes exactly what was
-//! lost. This module must never interpret requests; `apply` does.
+//! lost. This module must never interpret requests; `apply` (key-value, leases) and
+//! `membership` (members) do; the loop only routes each entry to one of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use ::raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
-use ::raft::{RawNode, StateRole, storage::MemStorage};
+use ::raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, Snapshot,
+};
+use ::raft::{GetEntriesContext, RaftState, RawNode, StateRole, Storage, storage::MemStorage};
 use protobuf::Message as PbMessage;
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::{oneshot, watch};
@@ -31,12 +45,17 @@ use crate::backend::{
     RAFT_SNAPSHOT_META, RAFT_STATE,
 };
 use crate::error::{Error, Result};
+use crate::lease::{LeaseChange, Lessor};
+use crate::membership;
 use crate::mvcc::{Revs, WriteTables};
 use crate::proto::mvccpb::Event;
+use crate::transport::Transport;
 use crate::watch::WatchHub;
 
 /// Entries kept in the log after a compaction, so slow followers can catch up from the log.
 const CATCH_UP_ENTRIES: u64 = 5000;
+/// A ReadIndex request not answered after this long is sent again (etcd: 500 ms).
+pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 /// Settings of the raft loop.
 #[derive(Debug, Clone)]
@@ -53,6 +72,14 @@ pub struct RaftConfig {
     pub snapshot_count: u64,
 }
 
+impl RaftConfig {
+    /// How long a request waits for a leader before `etcdserver: no leader`: long enough for
+    /// one election after a leader loss.
+    pub fn leader_wait(&self) -> Duration {
+        2 * self.election_timeout
+    }
+}
+
 /// A request to the raft loop.
 pub enum Msg {
     /// Propose an encoded `InternalRequest` whose id is `id`; the reply comes once applied.
@@ -61,8 +88,144 @@ pub enum Msg {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Applied>>,
     },
+    /// Propose an encoded membership request (`InternalRequest` with a membership variant);
+    /// the reply comes once applied.
+    ProposeMember {
+        id: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Ask for a ReadIndex; the reply is the index to wait for before reading.
     ReadIndex { reply: oneshot::Sender<Result<u64>> },
+    /// A raft message from another member (from the peer transport).
+    Step(Message),
+}
+
+/// Who waits for a proposal of this member.
+enum Waiter {
+    Kv(oneshot::Sender<Result<Applied>>),
+    Member(oneshot::Sender<Result<()>>),
+}
+
+/// What applying an entry produced, for its waiter.
+enum Outcome {
+    Kv(Result<Applied>),
+    Member(Result<()>),
+}
+
+impl Waiter {
+    fn answer(self, out: Outcome) {
+        match (self, out) {
+            (Waiter::Kv(tx), Outcome::Kv(r)) => {
+                let _ = tx.send(r);
+            }
+            (Waiter::Member(tx), Outcome::Member(r)) => {
+                let _ = tx.send(r);
+            }
+            (w, _) => w.fail(Error::Raft(
+                "applied entry does not match the proposal waiting for it".into(),
+            )),
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Waiter::Kv(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Waiter::Member(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiter::Kv(tx) => tx.is_closed(),
+            Waiter::Member(tx) => tx.is_closed(),
+        }
+    }
+}
+
+/// A request held back until a leader is known.
+enum Held {
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        waiter: Waiter,
+    },
+    Read(oneshot::Sender<Result<u64>>),
+}
+
+/// ReadIndex requests sent to raft under one context.
+struct ReadBatch {
+    sent: Instant,
+    waiters: Vec<oneshot::Sender<Result<u64>>>,
+}
+
+/// The raft log in memory (rebuilt from redb at start). Wraps `MemStorage` to refuse log
+/// snapshots: concord cannot ship its state to a member yet, and an empty snapshot would
+/// corrupt it. raft-rs then keeps probing that member, which stays behind until it can be
+/// caught up from the log.
+pub struct LogStore {
+    mem: MemStorage,
+    warned: std::cell::Cell<Option<Instant>>,
+}
+
+impl std::ops::Deref for LogStore {
+    type Target = MemStorage;
+    fn deref(&self) -> &MemStorage {
+        &self.mem
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let now = Instant::now();
+        if self
+            .warned
+            .get()
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.warned.set(Some(now));
+            tracing::warn!(
+                remote_peer_id = format!("{to:x}"),
+                request_index,
+                "member is behind the compacted raft log and needs a snapshot, which concord \
+                 cannot send yet; it stays behind. Remove it and add it again with an empty \
+                 data dir once snapshot shipping lands"
+            );
+        }
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
 }
 
 /// What the loop publishes after every Ready.
@@ -94,6 +257,11 @@ impl RaftHandle {
         *self.status.borrow()
     }
 
+    /// A sender into the loop, for the peer transport's incoming messages.
+    pub fn sender(&self) -> Sender<Msg> {
+        self.tx.clone()
+    }
+
     /// Resolves when the raft loop has stopped (it only stops on a storage or raft failure, or
     /// when every handle is gone).
     pub async fn stopped(&self) {
@@ -112,8 +280,18 @@ impl RaftHandle {
 }
 
 /// Loads (or bootstraps) raft state from the backend and starts the loop on its own thread.
-pub fn start(backend: Arc<Backend>, hub: Arc<WatchHub>, cfg: RaftConfig) -> Result<RaftHandle> {
+pub fn start(
+    backend: Arc<Backend>,
+    hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    cfg: RaftConfig,
+    transport: Arc<Transport>,
+) -> Result<RaftHandle> {
     let (storage, applied) = load_storage(&backend, &cfg)?;
+    let storage = LogStore {
+        mem: storage,
+        warned: std::cell::Cell::new(None),
+    };
     let ticks =
         (cfg.election_timeout.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2) as usize;
     let raft_cfg = raft::Config {
@@ -151,14 +329,18 @@ pub fn start(backend: Arc<Backend>, hub: Arc<WatchHub>, cfg: RaftConfig) -> Resu
         node,
         backend,
         hub,
+        lessor,
         rx,
         status: status_tx,
         cfg,
+        transport,
         proposals: HashMap::new(),
+        held: VecDeque::new(),
         read_waiters: Vec::new(),
         reads_in_flight: HashMap::new(),
         next_read_ctx: 1,
         applied,
+        last_sweep: Instant::now(),
     };
     std::thread::Builder::new()
         .name("raft".into())
@@ -248,21 +430,29 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
 }
 
 struct Driver {
-    node: RawNode<MemStorage>,
+    node: RawNode<LogStore>,
     backend: Arc<Backend>,
     /// Receives the events of every committed apply transaction.
     hub: Arc<WatchHub>,
+    /// Receives the lease grants and revokes of every committed apply transaction.
+    lessor: Arc<Lessor>,
     rx: Receiver<Msg>,
     status: watch::Sender<RaftStatus>,
     cfg: RaftConfig,
+    /// Where messages for other members go.
+    transport: Arc<Transport>,
     /// Proposals of this member waiting to be applied, by proposal id.
-    proposals: HashMap<u64, oneshot::Sender<Result<Applied>>>,
+    proposals: HashMap<u64, Waiter>,
+    /// Requests that arrived while no leader was known, oldest first, with their arrival time.
+    held: VecDeque<(Instant, Held)>,
     /// ReadIndex requests not yet sent to raft; they share the next read context.
     read_waiters: Vec<oneshot::Sender<Result<u64>>>,
     /// ReadIndex contexts sent to raft, with the requests waiting on each.
-    reads_in_flight: HashMap<u64, Vec<oneshot::Sender<Result<u64>>>>,
+    reads_in_flight: HashMap<u64, ReadBatch>,
     next_read_ctx: u64,
     applied: u64,
+    /// When abandoned proposals and reads were last swept.
+    last_sweep: Instant,
 }
 
 impl Driver {
@@ -287,13 +477,25 @@ impl Driver {
             if Instant::now() >= next_tick {
                 self.node.tick();
                 next_tick += self.cfg.heartbeat;
+                if next_tick < Instant::now() {
+                    // Fell far behind (a long fsync): do not replay missed ticks in a burst.
+                    next_tick = Instant::now() + self.cfg.heartbeat;
+                }
+                self.on_tick();
             }
+            for id in self.transport.take_unreachable() {
+                self.node.report_unreachable(id);
+            }
+            self.release_held();
             if !self.read_waiters.is_empty() {
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;
-                self.node.read_index(ctx.to_be_bytes().to_vec());
-                self.reads_in_flight
-                    .insert(ctx, std::mem::take(&mut self.read_waiters));
+                self.node.read_index(self.read_ctx(ctx));
+                let batch = ReadBatch {
+                    sent: Instant::now(),
+                    waiters: std::mem::take(&mut self.read_waiters),
+                };
+                self.reads_in_flight.insert(ctx, batch);
             }
             if self.node.has_ready() {
                 self.on_ready()?;
@@ -304,51 +506,136 @@ impl Driver {
     fn handle(&mut self, m: Msg) {
         match m {
             Msg::Propose { id, data, reply } => {
-                if self.node.raft.leader_id == raft::INVALID_ID {
-                    let _ = reply.send(Err(Error::NoLeader));
-                    return;
-                }
-                match self.node.propose(vec![], data) {
-                    Ok(()) => {
-                        self.proposals.insert(id, reply);
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(Error::NoLeader));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
+                self.propose(Instant::now(), id, data, Waiter::Kv(reply));
+            }
+            Msg::ProposeMember { id, data, reply } => {
+                self.propose(Instant::now(), id, data, Waiter::Member(reply));
             }
             Msg::ReadIndex { reply } => {
-                if self.node.raft.leader_id == raft::INVALID_ID {
-                    let _ = reply.send(Err(Error::NoLeader));
-                } else {
+                if self.has_leader() {
                     self.read_waiters.push(reply);
+                } else {
+                    self.held.push_back((Instant::now(), Held::Read(reply)));
+                }
+            }
+            Msg::Step(m) => {
+                let (from, kind) = (m.from, m.get_msg_type());
+                if let Err(e) = self.node.step(m) {
+                    tracing::debug!(from = format!("{from:x}"), ?kind, error = %e, "raft message ignored");
                 }
             }
         }
     }
 
+    fn has_leader(&self) -> bool {
+        self.node.raft.leader_id != raft::INVALID_ID
+    }
+
+    /// Proposes now if a leader is known (raft-rs forwards a follower's proposal to it), else
+    /// holds the proposal until one is, or until it has waited `leader_wait` since `since`.
+    fn propose(&mut self, since: Instant, id: u64, data: Vec<u8>, waiter: Waiter) {
+        if !self.has_leader() {
+            self.held
+                .push_back((since, Held::Propose { id, data, waiter }));
+            return;
+        }
+        match self.node.propose(vec![], data) {
+            Ok(()) => {
+                self.proposals.insert(id, waiter);
+            }
+            Err(raft::Error::ProposalDropped) => waiter.fail(Error::NoLeader),
+            Err(e) => waiter.fail(e.into()),
+        }
+    }
+
+    /// Releases held requests once a leader is known; fails those that waited too long.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if self.has_leader() {
+            for (since, h) in std::mem::take(&mut self.held) {
+                match h {
+                    Held::Propose { id, data, waiter } => self.propose(since, id, data, waiter),
+                    Held::Read(reply) => self.read_waiters.push(reply),
+                }
+            }
+            return;
+        }
+        let wait = self.cfg.leader_wait();
+        while let Some((since, _)) = self.held.front() {
+            if since.elapsed() < wait {
+                break;
+            }
+            match self.held.pop_front().map(|(_, h)| h) {
+                Some(Held::Propose { waiter, .. }) => waiter.fail(Error::NoLeader),
+                Some(Held::Read(reply)) => {
+                    let _ = reply.send(Err(Error::NoLeader));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// A ReadIndex context unique in the cluster: the leader keys pending reads by it.
+    fn read_ctx(&self, ctx: u64) -> Vec<u8> {
+        let mut b = self.cfg.id.to_be_bytes().to_vec();
+        b.extend_from_slice(&ctx.to_be_bytes());
+        b
+    }
+
+    /// Once per tick: re-send unanswered ReadIndex requests, drop abandoned ones.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if self.has_leader() {
+            let due: Vec<u64> = self
+                .reads_in_flight
+                .iter()
+                .filter(|(_, b)| now.duration_since(b.sent) >= READ_INDEX_RETRY)
+                .map(|(ctx, _)| *ctx)
+                .collect();
+            for ctx in due {
+                self.node.read_index(self.read_ctx(ctx));
+                if let Some(b) = self.reads_in_flight.get_mut(&ctx) {
+                    b.sent = now;
+                }
+            }
+        }
+        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = now;
+            // Callers that gave up (request timeout) no longer wait.
+            self.reads_in_flight.retain(|_, b| {
+                b.waiters.retain(|w| !w.is_closed());
+                !b.waiters.is_empty()
+            });
+            self.proposals.retain(|_, w| !w.is_closed());
+        }
+    }
+
     fn on_ready(&mut self) -> Result<()> {
         let mut ready = self.node.ready();
-        // 1. Messages to peers (none leave this process until the peer transport lands).
-        let _ = ready.take_messages();
-        // 2. Snapshot from a leader: only happens with peers.
+        // 1. Messages to peers that need not wait for this Ready to be durable.
+        self.transport.send(ready.take_messages());
+        // 2. Snapshot from a leader: never sent by concord members (see `LogStore`).
         if !ready.snapshot().is_empty() {
             return Err(Error::Raft(
                 "received a raft snapshot, but snapshot install is not implemented yet".into(),
             ));
         }
         for rs in ready.take_read_states() {
+            let own =
+                rs.request_ctx.len() == 16 && rs.request_ctx[..8] == self.cfg.id.to_be_bytes();
             let ctx = rs
                 .request_ctx
-                .as_slice()
-                .try_into()
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
+                .filter(|_| own)
                 .unwrap_or(0);
-            for w in self.reads_in_flight.remove(&ctx).unwrap_or_default() {
-                let _ = w.send(Ok(rs.index));
+            if let Some(batch) = self.reads_in_flight.remove(&ctx) {
+                for w in batch.waiters {
+                    let _ = w.send(Ok(rs.index));
+                }
             }
         }
         // 3-5. Committed entries, new entries and hard state: one durable transaction.
@@ -376,13 +663,13 @@ impl Driver {
         self.publish_events(applied);
         send_replies(replies);
         // 6. Messages that needed the append to be durable.
-        let _ = ready.take_persisted_messages();
+        self.transport.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
-        let _ = light.take_messages();
-        let committed = light.take_committed_entries();
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().wl().mut_hard_state().commit = commit;
         }
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
         if !committed.is_empty() {
             let mut replies = Vec::new();
             let mut wtx = self.backend.db().begin_write()?;
@@ -402,10 +689,11 @@ impl Driver {
         Ok(())
     }
 
-    /// Hands committed events to the watch hub.
-    fn publish_events(&self, applied: Option<(Vec<Event>, Revs)>) {
-        if let Some((events, revs)) = applied {
-            self.hub.publish(events, revs);
+    /// Hands committed events to the watch hub and lease changes to the lessor.
+    fn publish_events(&self, applied: Option<AppliedBatch>) {
+        if let Some(b) = applied {
+            self.lessor.apply(&b.leases, std::time::Instant::now());
+            self.hub.publish(b.events, b.revs);
         }
     }
 
@@ -416,8 +704,8 @@ impl Driver {
         &mut self,
         wtx: &WriteTransaction,
         entries: Vec<Entry>,
-        replies: &mut Vec<(oneshot::Sender<Result<Applied>>, Result<Applied>)>,
-    ) -> Result<Option<(Vec<Event>, Revs)>> {
+        replies: &mut Vec<(Waiter, Outcome)>,
+    ) -> Result<Option<AppliedBatch>> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(None);
         };
@@ -427,12 +715,24 @@ impl Driver {
                 match e.get_entry_type() {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => {
-                        let (id, out) = apply_entry(&mut tables, &e.data);
-                        if let Err(Error::Storage(msg)) = &out {
-                            return Err(Error::Storage(msg.clone()));
-                        }
-                        if let Some(reply) = self.proposals.remove(&id) {
-                            replies.push((reply, out));
+                        let (id, out) = match membership::peek(&e.data) {
+                            Some((id, req)) => {
+                                let out = membership::apply(wtx, req);
+                                if let Err(Error::Storage(msg)) = &out {
+                                    return Err(Error::Storage(msg.clone()));
+                                }
+                                (id, Outcome::Member(out))
+                            }
+                            None => {
+                                let (id, out) = apply_entry(&mut tables, &e.data);
+                                if let Err(Error::Storage(msg)) = &out {
+                                    return Err(Error::Storage(msg.clone()));
+                                }
+                                (id, Outcome::Kv(out))
+                            }
+                        };
+                        if let Some(waiter) = self.proposals.remove(&id) {
+                            replies.push((waiter, out));
                         }
                     }
                     EntryType::EntryConfChange => {
@@ -445,7 +745,11 @@ impl Driver {
                     }
                 }
             }
-            (tables.take_events(), tables.revs())
+            AppliedBatch {
+                events: tables.take_events(),
+                revs: tables.revs(),
+                leases: std::mem::take(&mut tables.lease_changes),
+            }
         };
         wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         self.applied = last;
@@ -506,9 +810,16 @@ impl Driver {
     }
 }
 
-fn send_replies(replies: Vec<(oneshot::Sender<Result<Applied>>, Result<Applied>)>) {
-    for (tx, out) in replies {
-        let _ = tx.send(out);
+/// What one apply transaction produced for the watch hub and the lessor.
+struct AppliedBatch {
+    events: Vec<Event>,
+    revs: Revs,
+    leases: Vec<LeaseChange>,
+}
+
+fn send_replies(replies: Vec<(Waiter, Outcome)>) {
+    for (waiter, out) in replies {
+        waiter.answer(out);
     }
 }
 

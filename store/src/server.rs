@@ -3,7 +3,8 @@
 //! (ReadIndex, then wait for the applied index) or serializably (local state).
 //!
 //! It owns the member's identity (member and cluster ids) and the response header. It never
-//! touches redb tables directly except through `mvcc::ReadView`, and never talks to peers.
+//! touches redb tables directly except through `mvcc::ReadView` (and `membership` for the
+//! member list). It sets up the peer transport for the raft loop but never talks to peers itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +17,22 @@ use tokio::sync::oneshot;
 use crate::apply::{self, Applied};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::lease::{Lessor, MAX_LEASE_TTL};
+use crate::membership;
 use crate::mvcc::ReadView;
-use crate::proto::concordpb::{InternalRequest, internal_request::Request};
+use crate::proto::concordpb::{InternalRequest, MemberAttrSet, internal_request::Request};
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
     PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse,
     TxnRequest, TxnResponse,
 };
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
+use crate::transport::{PeerService, Transport};
 use crate::watch::WatchHub;
 
 /// etcd's default backend quota when `--quota-backend-bytes` is 0: 2 GiB.
@@ -54,6 +63,10 @@ pub struct EtcdServer {
     backend: Arc<Backend>,
     raft: RaftHandle,
     hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    /// Links to the other members (kept for membership changes).
+    #[allow(dead_code)]
+    transport: Arc<Transport>,
     next_id: AtomicU64,
 }
 
@@ -61,7 +74,20 @@ impl EtcdServer {
     /// Starts the member on `backend`: loads raft state and starts the raft loop.
     pub fn start(cfg: ServerConfig, backend: Arc<Backend>) -> Result<Arc<EtcdServer>> {
         let hub = WatchHub::new(backend.clone())?;
-        let raft = crate::raft::start(backend.clone(), hub.clone(), cfg.raft.clone())?;
+        let lessor = Arc::new(Lessor::load(&backend)?);
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Raft("a member must be started inside a tokio runtime".into()))?;
+        let transport = Transport::new(cfg.member_id, cfg.cluster_id, rt);
+        for m in membership::list(&backend)? {
+            transport.add_peer(m.id, m.peer_ur_ls);
+        }
+        let raft = crate::raft::start(
+            backend.clone(),
+            hub.clone(),
+            lessor.clone(),
+            cfg.raft.clone(),
+            transport.clone(),
+        )?;
         // Proposal ids: the member id's low 16 bits, then a counter seeded from the clock, as
         // etcd's idutil does, so ids stay unique across members and restarts.
         let now_ms = std::time::SystemTime::now()
@@ -74,6 +100,8 @@ impl EtcdServer {
             backend,
             raft,
             hub,
+            lessor,
+            transport,
             next_id: AtomicU64::new(seed),
         }))
     }
@@ -164,7 +192,8 @@ impl EtcdServer {
         let writes = match &request {
             Request::Put(_) | Request::DeleteRange(_) => true,
             Request::Txn(t) => !apply::txn_is_read_only(t),
-            Request::Compaction(_) => false,
+            Request::LeaseGrant(_) => true,
+            Request::Compaction(_) | Request::LeaseRevoke(_) | Request::MemberAttrSet(_) => false,
         };
         let data = InternalRequest {
             id,
@@ -229,6 +258,132 @@ impl EtcdServer {
         }
     }
 
+    /// etcd's minimum lease TTL: 1.5 election timeouts (in whole ticks), rounded up to seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let hb = self.cfg.raft.heartbeat.as_millis().max(1);
+        let election_ticks = self.cfg.raft.election_timeout.as_millis() / hb;
+        let min_ms = (3 * election_ticks / 2) * hb;
+        min_ms.div_ceil(1000) as i64
+    }
+
+    pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        while req.id == 0 {
+            req.id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
+        }
+        req.ttl = req.ttl.max(self.min_lease_ttl());
+        match self.propose(Request::LeaseGrant(req)).await? {
+            Applied::LeaseGrant(mut r) => {
+                self.fill(&mut r.header);
+                Ok(r)
+            }
+            other => Err(mismatch(other)),
+        }
+    }
+
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        match self.propose(Request::LeaseRevoke(req)).await? {
+            Applied::LeaseRevoke(mut r) => {
+                self.fill(&mut r.header);
+                Ok(r)
+            }
+            other => Err(mismatch(other)),
+        }
+    }
+
+    /// Keep-alive of one lease: its TTL, or 0 if it is unknown or expired (as etcd answers).
+    pub fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        let ttl = match self.lessor.renew(id, std::time::Instant::now()) {
+            Ok(ttl) => ttl,
+            Err(Error::LeaseNotFound) => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: Some(self.header(self.current_rev())),
+            id,
+            ttl,
+        })
+    }
+
+    pub fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        let header = Some(self.header(self.current_rev()));
+        let Some((remaining, granted)) =
+            self.lessor.time_to_live(req.id, std::time::Instant::now())
+        else {
+            return Ok(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            });
+        };
+        let keys = if req.keys {
+            crate::lease::committed_keys(&self.backend, req.id)?
+        } else {
+            vec![]
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl: remaining,
+            granted_ttl: granted,
+            keys,
+        })
+    }
+
+    pub fn lease_leases(&self) -> LeaseLeasesResponse {
+        LeaseLeasesResponse {
+            header: Some(self.header(self.current_rev())),
+            leases: self
+                .lessor
+                .ids()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
+        }
+    }
+
+    /// The store revision of the last applied write.
+    pub fn current_rev(&self) -> i64 {
+        self.hub.current_rev()
+    }
+
+    /// Runs the lessor's leader duties until dropped: promote/demote with leadership, and
+    /// propose a revoke for every lease whose deadline passed (etcd checks every 500 ms).
+    pub async fn run_lessor(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let leader = self.raft.status().is_leader;
+            if leader != self.lessor.is_primary() {
+                if leader {
+                    self.lessor
+                        .promote(self.cfg.raft.election_timeout, std::time::Instant::now());
+                } else {
+                    self.lessor.demote();
+                }
+            }
+            for id in self.lessor.take_expired(std::time::Instant::now()) {
+                let server = self.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(lease = format!("{id:x}"), "lease expired; revoking");
+                    match server.lease_revoke(LeaseRevokeRequest { id }).await {
+                        Ok(_) | Err(Error::LeaseNotFound) => {}
+                        Err(e) => {
+                            tracing::warn!(lease = format!("{id:x}"), error = %e, "failed to revoke expired lease; will retry");
+                            server.lessor.revoke_failed(id);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     /// `Maintenance.Status` of this member.
     pub fn status(&self) -> Result<StatusResponse> {
         let st = self.raft.status();
@@ -244,19 +399,79 @@ impl EtcdServer {
             raft_applied_index: st.applied,
             errors: vec![],
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: self.is_learner()?,
         })
     }
 
-    /// The members of the cluster as this member knows them.
-    pub fn members(&self) -> Vec<Member> {
-        vec![Member {
-            id: self.cfg.member_id,
-            name: self.cfg.name.clone(),
-            peer_ur_ls: self.cfg.peer_urls.clone(),
-            client_ur_ls: self.cfg.client_urls.clone(),
-            is_learner: false,
-        }]
+    /// The members of the cluster as this member knows them, sorted by id.
+    pub fn members(&self) -> Result<Vec<Member>> {
+        membership::list(&self.backend)
+    }
+
+    /// Whether this member is a learner.
+    pub fn is_learner(&self) -> Result<bool> {
+        Ok(self
+            .members()?
+            .iter()
+            .any(|m| m.id == self.cfg.member_id && m.is_learner))
+    }
+
+    /// The peer service of this member (incoming raft messages).
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.cfg.member_id, self.cfg.cluster_id, self.raft.sender())
+    }
+
+    /// Proposes a membership request and waits until it is applied.
+    async fn propose_member(&self, request: Request) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        let (tx, rx) = oneshot::channel();
+        self.raft.send(Msg::ProposeMember {
+            id,
+            data,
+            reply: tx,
+        })?;
+        tokio::time::timeout(self.cfg.request_timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Publishes this member's name and client URLs through raft, as etcd does after every
+    /// start, retrying until it is applied; then every member's MemberList shows them.
+    pub async fn publish(&self) -> Result<()> {
+        loop {
+            let attrs = MemberAttrSet {
+                member_id: self.cfg.member_id,
+                name: self.cfg.name.clone(),
+                client_urls: self.cfg.client_urls.clone(),
+            };
+            match self.propose_member(Request::MemberAttrSet(attrs)).await {
+                Ok(()) => {
+                    tracing::info!(
+                        local_member_id = format!("{:x}", self.cfg.member_id),
+                        local_member_name = %self.cfg.name,
+                        local_member_client_urls = %self.cfg.client_urls.join(","),
+                        cluster_id = format!("{:x}", self.cfg.cluster_id),
+                        "published local member to cluster through raft"
+                    );
+                    return Ok(());
+                }
+                Err(Error::Stopped) => return Err(Error::Stopped),
+                Err(e) => {
+                    tracing::warn!(
+                        local_member_id = format!("{:x}", self.cfg.member_id),
+                        error = %e,
+                        "failed to publish local member to cluster through raft; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 

@@ -1,10 +1,9 @@
 //! Bad input gets etcd's exact gRPC code and message, changes nothing, and the member keeps
 //! serving. One in-process member on 127.0.0.1:0 per test.
 
-use std::time::Duration;
+mod common;
 
-use concord_store::config::Config;
-use concord_store::embed;
+use common::{Member, member};
 use concord_store::proto::etcdserverpb::{
     CompactionRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, kv_client::KvClient,
     request_op,
@@ -12,50 +11,20 @@ use concord_store::proto::etcdserverpb::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Member {
+/// A member and a KV client to it.
+struct Fixture {
     client: KvClient<Channel>,
-    _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _member: Member,
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-async fn member() -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = embed::start(&cfg).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(embed::serve(server, vec![listener], async move {
-        let _ = rx.await;
-    }));
-    let endpoint = format!("http://{addr}");
-    let mut client = None;
-    for _ in 0..200 {
-        if let Ok(c) = KvClient::connect(endpoint.clone()).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let client = client
-        .expect("member did not start serving")
+async fn fixture() -> Fixture {
+    let member = member().await;
+    let client = KvClient::new(member.channel.clone())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    Member {
+    Fixture {
         client,
-        _dir: dir,
-        stop: Some(tx),
+        _member: member,
     }
 }
 
@@ -79,7 +48,7 @@ fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, me
     assert_eq!((s.code(), s.message()), (code, message));
 }
 
-async fn still_serves(m: &mut Member) {
+async fn still_serves(m: &mut Fixture) {
     m.client
         .put(put("alive", "yes"))
         .await
@@ -97,7 +66,7 @@ async fn still_serves(m: &mut Member) {
 
 #[tokio::test]
 async fn empty_keys_are_refused() {
-    let mut m = member().await;
+    let mut m = fixture().await;
     assert_status(
         m.client.put(put("", "v")).await,
         Code::InvalidArgument,
@@ -113,7 +82,7 @@ async fn empty_keys_are_refused() {
 
 #[tokio::test]
 async fn oversized_request_is_too_large() {
-    let mut m = member().await;
+    let mut m = fixture().await;
     // Over --max-request-bytes (1.5 MiB) but under gRPC's own limit: etcd's message.
     let big = "x".repeat(1536 * 1024 + 10);
     assert_status(
@@ -132,7 +101,7 @@ async fn oversized_request_is_too_large() {
 
 #[tokio::test]
 async fn txn_limits_and_duplicates() {
-    let mut m = member().await;
+    let mut m = fixture().await;
     let many = TxnRequest {
         success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(),
         ..Default::default()
@@ -161,7 +130,7 @@ async fn txn_limits_and_duplicates() {
 
 #[tokio::test]
 async fn compacted_and_future_revisions() {
-    let mut m = member().await;
+    let mut m = fixture().await;
     for v in ["1", "2", "3"] {
         m.client.put(put("k", v)).await.unwrap();
     }
@@ -218,7 +187,7 @@ async fn compacted_and_future_revisions() {
 
 #[tokio::test]
 async fn put_flag_misuse_and_unknown_lease() {
-    let mut m = member().await;
+    let mut m = fixture().await;
     let mut p = put("k", "v");
     p.ignore_value = true;
     assert_status(

@@ -1,10 +1,11 @@
 //! Watch over gRPC against an in-process member: creation, events in order with prev_kv,
 //! filters, catch-up from history, compaction, cancel and progress requests.
 
+mod common;
+
 use std::time::Duration;
 
-use concord_store::config::Config;
-use concord_store::embed;
+use common::{Member, member};
 use concord_store::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, WatchCancelRequest, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse, kv_client::KvClient,
@@ -14,35 +15,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
-
-struct Member {
-    channel: Channel,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn member() -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = embed::start(&cfg).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(embed::serve(server, vec![listener], async move {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    Member {
-        channel,
-        _dir: dir,
-        _stop: tx,
-    }
-}
 
 struct Stream {
     tx: mpsc::Sender<WatchRequest>,

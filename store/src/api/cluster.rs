@@ -1,5 +1,5 @@
-//! `etcdserverpb.Cluster`: `MemberList` for now (etcdctl's `--cluster` flags need it). Member
-//! changes answer gRPC `Unimplemented` until the clustering issue lands.
+//! `etcdserverpb.Cluster`: `MemberList` (the members table, as every member holds it). Member
+//! changes (add, remove, update, promote) answer gRPC `Unimplemented` until they land.
 
 use std::sync::Arc;
 
@@ -23,15 +23,16 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_list(
         &self,
-        _: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        if !self.server.raft_status().is_leader && self.server.raft_status().leader == 0 {
-            return Err(crate::Error::NoLeader.into());
+        // As etcd: local membership, unless the client asks for a linearizable list.
+        if req.into_inner().linearizable {
+            self.server.linearizable_read_barrier().await?;
         }
         // etcd's cluster service fills ids and term but no revision.
         Ok(Response::new(MemberListResponse {
             header: Some(self.server.header(0)),
-            members: self.server.members(),
+            members: self.server.members()?,
         }))
     }
 }

@@ -8,7 +8,9 @@
 pub mod authority;
 pub mod cluster;
 pub mod http;
+pub mod interceptor;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -19,8 +21,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::server::EtcdServer;
 
@@ -41,6 +43,11 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(
+        LeaseServer::new(lease::LeaseService::new(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
         WatchServer::new(watch::WatchService::new(server.clone()))
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
@@ -48,7 +55,12 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         server.clone(),
     )));
-    grpc.into_axum_router().merge(http::router(server))
+    grpc.into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            interceptor::require_leader,
+        ))
+        .merge(http::router(server))
 }
 
 /// Serves the client api on `listener` until `shutdown` resolves.

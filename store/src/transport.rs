@@ -1,0 +1,421 @@
+//! The peer transport: raft messages between the members of a cluster, over gRPC streams on the
+//! peer URLs (`concordpb.Peer`, see `proto/concordpb/peer.proto`). This is the only code that
+//! talks to other members.
+//!
+//! Outgoing: one task per remote member owns a bounded queue ([`PEER_QUEUE`] messages). The raft
+//! loop hands messages over with [`Transport::send`], which never blocks: a message for a member
+//! whose queue is full is dropped and the member reported unreachable, as etcd's rafthttp does.
+//! The task keeps one client stream open to the member, batching queued messages into
+//! [`RaftEnvelope`]s encoded with raft-rs's protobuf codec. When connecting or sending fails it
+//! discards what is queued (raft resends what matters), reports the member unreachable and
+//! reconnects with exponential backoff (`backon`). The raft loop collects those reports with
+//! [`Transport::take_unreachable`] and passes them to `RawNode::report_unreachable`.
+//!
+//! Incoming: [`PeerService`] checks every envelope's cluster id and destination (a member of
+//! another cluster is refused with FAILED_PRECONDITION and a message naming both ids) and hands
+//! each decoded message to the raft loop as [`Msg::Step`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use protobuf::Message as PbMessage;
+use raft::prelude::Message;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::proto::concordpb::peer_client::PeerClient;
+use crate::proto::concordpb::peer_server::{Peer, PeerServer};
+use crate::proto::concordpb::{RaftEnvelope, StreamAck};
+use crate::raft::Msg;
+
+/// Messages queued for one member before new ones are dropped.
+pub const PEER_QUEUE: usize = 4096;
+/// Envelopes buffered in one open stream before the member counts as not keeping up.
+const STREAM_WINDOW: usize = 64;
+/// An envelope stops taking messages once it holds this many bytes.
+const MAX_ENVELOPE_BYTES: usize = 4 << 20;
+/// Largest envelope a member accepts: one oversized entry plus a batch.
+const MAX_RECV_BYTES: usize = 64 << 20;
+/// A stream that stayed up this long resets the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(5);
+
+/// How this member reaches the others.
+pub struct Transport {
+    local: u64,
+    cluster: u64,
+    shared: Arc<Shared>,
+    peers: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    rt: tokio::runtime::Handle,
+}
+
+/// State shared with the peer tasks.
+#[derive(Default)]
+struct Shared {
+    /// Members whose messages could not be delivered since the raft loop last asked.
+    unreachable: Mutex<HashSet<u64>>,
+}
+
+impl Shared {
+    fn report_unreachable(&self, id: u64) {
+        if let Ok(mut u) = self.unreachable.lock() {
+            u.insert(id);
+        }
+    }
+}
+
+impl Transport {
+    /// A transport for member `local` of cluster `cluster`; spawns its tasks on `rt`.
+    pub fn new(local: u64, cluster: u64, rt: tokio::runtime::Handle) -> Arc<Transport> {
+        Arc::new(Transport {
+            local,
+            cluster,
+            shared: Arc::default(),
+            peers: Mutex::new(HashMap::new()),
+            rt,
+        })
+    }
+
+    /// Starts sending to member `id` at `peer_urls` (replacing an earlier link to it). Messages
+    /// to this member itself are never sent.
+    pub fn add_peer(&self, id: u64, peer_urls: Vec<String>) {
+        if id == self.local {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let link = Link {
+            to: id,
+            from: self.local,
+            cluster: self.cluster,
+            urls: peer_urls,
+            shared: self.shared.clone(),
+        };
+        self.rt.spawn(link.run(rx));
+        if let Ok(mut peers) = self.peers.lock() {
+            // Dropping a previous sender ends the previous task.
+            peers.insert(id, tx);
+        }
+    }
+
+    /// Stops sending to member `id`.
+    pub fn remove_peer(&self, id: u64) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.remove(&id);
+        }
+    }
+
+    /// Queues `msgs` for their members without blocking. Members that cannot take a message
+    /// (unknown, or queue full) are reported unreachable.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let Ok(peers) = self.peers.lock() else {
+            return;
+        };
+        for m in msgs {
+            let to = m.to;
+            match peers.get(&to) {
+                Some(q) => {
+                    if q.try_send(m).is_err() {
+                        self.shared.report_unreachable(to);
+                    }
+                }
+                None => {
+                    tracing::debug!(to = format!("{to:x}"), "no link to member; message dropped");
+                    self.shared.report_unreachable(to);
+                }
+            }
+        }
+    }
+
+    /// Members reported unreachable since the last call.
+    pub fn take_unreachable(&self) -> Vec<u64> {
+        match self.shared.unreachable.lock() {
+            Ok(mut u) if !u.is_empty() => u.drain().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One direction of one member pair: this member's messages to `to`.
+struct Link {
+    to: u64,
+    from: u64,
+    cluster: u64,
+    urls: Vec<String>,
+    shared: Arc<Shared>,
+}
+
+/// Why a stream ended.
+enum Ended {
+    /// The queue closed: the member was removed or the transport is gone.
+    Closed,
+    /// Connecting or sending failed.
+    Failed(String),
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let mut delays = backoff();
+        let mut active = false;
+        loop {
+            let started = Instant::now();
+            let ended = match self.connect().await {
+                Ok(channel) => {
+                    if !active {
+                        active = true;
+                        tracing::info!(
+                            remote_peer_id = format!("{:x}", self.to),
+                            "peer became active"
+                        );
+                    }
+                    self.stream(channel, &mut rx).await
+                }
+                Err(e) => Ended::Failed(e),
+            };
+            let reason = match ended {
+                Ended::Closed => return,
+                Ended::Failed(reason) => reason,
+            };
+            if active {
+                active = false;
+                tracing::warn!(
+                    remote_peer_id = format!("{:x}", self.to),
+                    error = %reason,
+                    "peer became inactive (message send to peer failed)"
+                );
+            } else {
+                tracing::debug!(
+                    remote_peer_id = format!("{:x}", self.to),
+                    error = %reason,
+                    "cannot reach peer"
+                );
+            }
+            self.shared.report_unreachable(self.to);
+            if started.elapsed() >= HEALTHY_STREAM {
+                delays = backoff();
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(1));
+            // Meanwhile, messages for the member are stale: drop them (raft resends).
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    m = rx.recv() => {
+                        if m.is_none() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::result::Result<Channel, String> {
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            let endpoint = match Endpoint::from_shared(url.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let endpoint = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .keep_alive_while_idle(true);
+            match endpoint.connect().await {
+                Ok(ch) => return Ok(ch),
+                Err(e) => errors.push(format!("{url}: {}", error_chain(&e))),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Sends queued messages over one stream until it fails or the queue closes.
+    async fn stream(&self, channel: Channel, rx: &mut mpsc::Receiver<Message>) -> Ended {
+        let (tx, stream_rx) = mpsc::channel::<RaftEnvelope>(STREAM_WINDOW);
+        let mut client = PeerClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(MAX_RECV_BYTES);
+        let call = client.stream(ReceiverStream::new(stream_rx));
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    return Ended::Failed(match r {
+                        Ok(_) => "the peer closed the stream".to_owned(),
+                        Err(s) => format!("{}: {}", code_name(s.code()), s.message()),
+                    });
+                }
+                m = rx.recv() => {
+                    let Some(m) = m else { return Ended::Closed };
+                    let env = self.envelope(m, rx);
+                    match tx.try_send(env) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The member does not keep up (or is paused): drop, let raft probe.
+                            self.shared.report_unreachable(self.to);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Ended::Failed("the stream closed".to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `first` and whatever else is queued (up to [`MAX_ENVELOPE_BYTES`]) in one envelope.
+    fn envelope(&self, first: Message, rx: &mut mpsc::Receiver<Message>) -> RaftEnvelope {
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m.write_to_bytes() {
+                Ok(b) => {
+                    bytes += b.len();
+                    messages.push(b);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a raft message; dropped"),
+            }
+            if bytes < MAX_ENVELOPE_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        RaftEnvelope {
+            cluster_id: self.cluster,
+            from: self.from,
+            to: self.to,
+            messages,
+        }
+    }
+}
+
+fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The `concordpb.Peer` service of one member: incoming raft messages.
+pub struct PeerService {
+    local: u64,
+    cluster: u64,
+    raft: Sender<Msg>,
+}
+
+impl PeerService {
+    /// The service of member `local` in cluster `cluster`, stepping messages into `raft`.
+    pub fn new(local: u64, cluster: u64, raft: Sender<Msg>) -> PeerService {
+        PeerService {
+            local,
+            cluster,
+            raft,
+        }
+    }
+
+    fn check(&self, env: &RaftEnvelope) -> std::result::Result<(), Status> {
+        if env.cluster_id != self.cluster {
+            tracing::warn!(
+                local_member_id = format!("{:x}", self.local),
+                local_member_cluster_id = format!("{:x}", self.cluster),
+                remote_peer_id = format!("{:x}", env.from),
+                remote_peer_cluster_id = format!("{:x}", env.cluster_id),
+                "request cluster ID mismatch"
+            );
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: member {:x} belongs to cluster {:x}, but the sender {:x} \
+                 belongs to cluster {:x}; members of one cluster must be started with the same \
+                 --initial-cluster and --initial-cluster-token",
+                self.local, self.cluster, env.from, env.cluster_id
+            )));
+        }
+        if env.to != self.local {
+            tracing::warn!(
+                local_member_id = format!("{:x}", self.local),
+                remote_peer_id = format!("{:x}", env.from),
+                intended_member_id = format!("{:x}", env.to),
+                "request sent to the wrong member"
+            );
+            return Err(Status::failed_precondition(format!(
+                "member ID mismatch: this is member {:x}, the message is for member {:x}; check \
+                 the peer URLs in --initial-cluster",
+                self.local, env.to
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        req: Request<Streaming<RaftEnvelope>>,
+    ) -> std::result::Result<Response<StreamAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(env) = stream.message().await? {
+            self.check(&env)?;
+            for b in env.messages {
+                let m = Message::parse_from_bytes(&b).map_err(|e| {
+                    Status::invalid_argument(format!("undecodable raft message: {e}"))
+                })?;
+                if self.raft.send(Msg::Step(m)).is_err() {
+                    return Err(Error::Stopped.into());
+                }
+            }
+        }
+        Ok(Response::new(StreamAck {}))
+    }
+}
+
+/// Serves the peer service on `listener` until `shutdown` resolves.
+pub async fn serve_peers(
+    listener: TcpListener,
+    service: PeerService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let addr = listener.local_addr().ok();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .add_service(
+            PeerServer::new(service)
+                .max_decoding_message_size(MAX_RECV_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Raft(format!("peer listener {addr:?} failed: {e}")))
+}

@@ -1,0 +1,40 @@
+//! Shared by the in-process integration tests: one concord member on 127.0.0.1:0 with a fresh
+//! data dir, served until the returned [`Member`] is dropped.
+
+use concord_store::config::Config;
+use concord_store::embed;
+use tonic::transport::Channel;
+
+/// A running in-process member.
+pub struct Member {
+    /// A lazily connecting channel to the member's client port.
+    pub channel: Channel,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a single-member concord with default flags and its own data dir.
+pub async fn member() -> Member {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let server = embed::start(&cfg).expect("member starts");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(embed::serve(server, vec![listener], async move {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    Member {
+        channel,
+        _dir: dir,
+        _stop: tx,
+    }
+}
