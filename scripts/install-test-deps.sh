@@ -32,15 +32,18 @@ have_etcd35() {
         [ "$(version_of "$ETCD35_DIR/usr/bin/etcd")" = "$ETCD35_VERSION" ]
 }
 
+# protoc: the etcd-client crate (a dev-dependency of the tests) compiles etcd's protos with it.
+have_protoc() { command -v protoc >/dev/null 2>&1; }
+
 if [ "$(id -u)" -ne 0 ]; then
-    if have_etcd34 && have_etcd35; then
+    if have_etcd34 && have_etcd35 && have_protoc; then
         exit 0
     fi
     die "must run as root (apt-get install) when test dependencies are missing"
 fi
 
 # Fast path: everything already in place.
-if have_etcd34 && have_etcd35; then
+if have_etcd34 && have_etcd35 && have_protoc; then
     log "etcd $(version_of /usr/bin/etcd) and $ETCD35_VERSION already present"
     exit 0
 fi
@@ -108,6 +111,14 @@ derive_trixie_source() {
     done
     return 1
 }
+
+# --- protoc ----------------------------------------------------------------------------------------
+if ! have_protoc; then
+    log "installing protobuf-compiler"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
+    have_protoc || die "protoc is missing after installing protobuf-compiler"
+fi
 
 # --- etcd 3.4 (bookworm) ---------------------------------------------------------------------------
 if ! have_etcd34; then

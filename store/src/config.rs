@@ -115,6 +115,8 @@ pub struct Config {
     pub enable_pprof: bool,
     pub listen_metrics_urls: Vec<Url>,
     pub force_new_cluster: bool,
+    /// `--experimental-watch-progress-notify-interval` (etcd's default 10m).
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Default for Config {
@@ -148,6 +150,7 @@ impl Default for Config {
             enable_pprof: false,
             listen_metrics_urls: Vec::new(),
             force_new_cluster: false,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }
@@ -330,6 +333,7 @@ pub const ACTED_ON: &[&str] = &[
     "log-level",
     "auto-compaction-mode",
     "auto-compaction-retention",
+    "experimental-watch-progress-notify-interval",
 ];
 
 /// How a flag's value is written and checked (Go's flag value types, and etcd's own).
@@ -563,7 +567,7 @@ static FLAGS: &[Flag] = &[
     flag("experimental-enable-lease-checkpoint-persist", Bool, "false", "Persist lease checkpoints (needs --experimental-enable-lease-checkpoint)."),
     flag("experimental-compaction-batch-limit", Int, "0", "Revisions deleted per compaction batch."),
     flag("experimental-compaction-sleep-interval", Dur, "0s", "Pause between compaction batches."),
-    flag("experimental-watch-progress-notify-interval", Dur, "0s", "Interval of watch progress notifications."),
+    flag("experimental-watch-progress-notify-interval", Dur, "10m0s", "Interval of watch progress notifications."),
     flag("experimental-downgrade-check-time", Dur, "5s", "Interval between downgrade status checks."),
     flag("experimental-warning-apply-duration", Dur, "100ms", "Apply time above which a request is logged as slow."),
     flag("experimental-memory-mlock", Bool, "false", "Lock the database pages in RAM."),
@@ -1379,6 +1383,11 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
         enable_pprof: values.boolean("enable-pprof"),
         listen_metrics_urls,
         force_new_cluster: values.boolean("force-new-cluster"),
+        watch_progress_notify_interval: Duration::from_nanos(
+            values
+                .nanos("experimental-watch-progress-notify-interval")
+                .max(0) as u64,
+        ),
         name,
     })
 }

@@ -23,27 +23,31 @@ use crate::server::{EtcdServer, ServerConfig};
 /// Member and cluster ids and the voters: read from the data dir, or derived from the flags on
 /// first start, when the initial members are written to the data dir in the same transaction.
 fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
-    let stored_member = backend.read_meta(META_MEMBER_ID)?;
-    if stored_member != 0 {
-        let members = membership::list(backend)?;
-        let mut voters = membership::voters(&members);
-        if voters.is_empty() {
-            // A data dir written before the members table existed: a one-member cluster.
-            voters = vec![stored_member];
-        }
-        if cfg.initial_cluster_state == ClusterState::New && !cfg.initial_cluster.is_empty() {
-            tracing::info!(
-                "the data dir already holds a member; ignoring --initial-cluster, \
-                 --initial-cluster-state and --initial-cluster-token"
-            );
-        }
-        return Ok((stored_member, backend.read_meta(META_CLUSTER_ID)?, voters));
-    }
     let own_urls: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
         .map(url_string)
         .collect();
+    // Once the data dir holds a member, the bootstrap flags are ignored, as etcd does.
+    let stored_member = backend.read_meta(META_MEMBER_ID)?;
+    if stored_member != 0 {
+        let mut members = membership::list(backend)?;
+        if members.is_empty() {
+            // Written before the members table existed: always a one-member cluster.
+            members = vec![crate::proto::etcdserverpb::Member {
+                id: stored_member,
+                name: cfg.name.clone(),
+                peer_ur_ls: own_urls,
+                client_ur_ls: vec![],
+                is_learner: false,
+            }];
+            let wtx = backend.db().begin_write()?;
+            membership::write(&wtx, &members)?;
+            wtx.commit()?;
+        }
+        let voters = membership::voters(&members);
+        return Ok((stored_member, backend.read_meta(META_CLUSTER_ID)?, voters));
+    }
     let own = member_id(&own_urls, &cfg.initial_cluster_token, None);
     if cfg.initial_cluster_state == ClusterState::Existing {
         return Err(Error::DataDir(
@@ -53,7 +57,7 @@ fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
         ));
     }
     let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
-    membership::check_local_member(&members, own, &cfg.name, &own_urls)?;
+    membership::check_local_member(&members, own, &cfg.name, &own_urls, &cfg.initial_cluster)?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cid = cluster_id(&ids);
     let wtx = backend.db().begin_write()?;
@@ -90,6 +94,7 @@ pub fn server_config(
         // etcd: 5s plus the time an election may take.
         request_timeout: Duration::from_secs(5) + 2 * cfg.election_timeout,
         auto_compaction: compaction_policy(cfg),
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         raft: RaftConfig {
             id: member_id,
             initial_voters: voters,

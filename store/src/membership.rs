@@ -122,19 +122,33 @@ pub fn apply(wtx: &WriteTransaction, req: MemberRequest) -> Result<()> {
 }
 
 /// Checks that this member (`own`, from `--initial-advertise-peer-urls`) is one of the initial
-/// members, with etcd's advice when it is not.
+/// members, with etcd's messages when it is not.
 pub fn check_local_member(
     members: &[Member],
     own: u64,
     name: &str,
     own_urls: &[String],
+    initial_cluster: &[(String, url::Url)],
 ) -> Result<()> {
-    if members.iter().any(|m| m.id == own) {
+    if members.iter().any(|m| m.id == own && m.name == name) {
         return Ok(());
     }
+    let Some(listed) = members.iter().find(|m| m.name == name) else {
+        return Err(Error::DataDir(format!(
+            "couldn't find local name {name:?} in the initial cluster configuration; list this \
+             member in --initial-cluster as {name}={}",
+            own_urls.join(",")
+        )));
+    };
+    let cluster = initial_cluster
+        .iter()
+        .map(|(n, u)| format!("{n}={}", url_string(u)))
+        .collect::<Vec<_>>()
+        .join(",");
     Err(Error::DataDir(format!(
-        "couldn't find local name {name:?} in the initial cluster configuration: --initial-cluster \
-         must list this member with its --initial-advertise-peer-urls ({})",
+        "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={} \
+         (--initial-cluster={cluster}); give this member the same peer URLs in both flags",
+        listed.peer_ur_ls.join(","),
         own_urls.join(",")
     )))
 }

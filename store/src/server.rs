@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: i64,
     /// How long a proposal may wait before `etcdserver: request timed out`.
     pub request_timeout: Duration,
+    /// How often watchers that asked for progress notifications get one.
+    pub watch_progress_notify_interval: Duration,
     /// Auto-compaction policy, if enabled.
     pub auto_compaction: Option<crate::compactor::Policy>,
     pub raft: RaftConfig,

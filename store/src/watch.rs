@@ -26,8 +26,8 @@ use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
 /// Events kept in memory for watchers that are close to the head.
 const RING_EVENTS: usize = 32 * 1024;
-/// Revisions read from disk in one catch-up step.
-const DISK_BATCH_REVS: i64 = 1000;
+/// Revisions read in one step (etcd's `watchBatchMaxRevs`).
+const BATCH_REVS: i64 = 1000;
 
 struct Ring {
     /// `(revision, event)` in revision order.
@@ -119,7 +119,7 @@ impl WatchHub {
 
     /// Events with revision in `[from, current]` that pass `keep`, read from memory or disk;
     /// returns them and the next revision to read from. Reads at most about
-    /// [`DISK_BATCH_REVS`] revisions from disk per call. Fails with [`Error::Compacted`] when
+    /// [`BATCH_REVS`] revisions from disk per call. Fails with [`Error::Compacted`] when
     /// `from` is older than the last compaction.
     pub fn read(&self, from: i64, keep: &dyn Fn(&Event) -> bool) -> Result<(Vec<Arc<Event>>, i64)> {
         let current = self.current_rev();
@@ -132,14 +132,18 @@ impl WatchHub {
         {
             let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             if ring.first_rev <= from {
+                // At most BATCH_REVS revisions per read, as etcd's watchBatchMaxRevs, so a
+                // watcher that fell behind catches up in bounded responses.
+                let to = current.min(from + BATCH_REVS - 1);
                 let start = ring.events.partition_point(|(r, _)| *r < from);
                 let out = ring
                     .events
                     .range(start..)
-                    .filter(|(r, e)| *r <= current && keep(e))
+                    .take_while(|(r, _)| *r <= to)
+                    .filter(|(_, e)| keep(e))
                     .map(|(_, e)| e.clone())
                     .collect();
-                return Ok((out, current + 1));
+                return Ok((out, to + 1));
             }
         }
         self.read_disk(from, current, keep)
@@ -160,7 +164,7 @@ impl WatchHub {
         if from < compact {
             return Err(Error::Compacted);
         }
-        let to = current.min(from + DISK_BATCH_REVS - 1);
+        let to = current.min(from + BATCH_REVS - 1);
         let changes = rtx.open_table(KV_CHANGES)?;
         let history = rtx.open_table(KV_HISTORY)?;
         let mut out = Vec::new();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Member, member};
+use common::{Member, member, member_with};
 use concord_store::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, WatchCancelRequest, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse, kv_client::KvClient,
@@ -240,4 +240,23 @@ async fn cancel_duplicate_ids_and_progress() {
         p.watch_id, -1,
         "no events after cancel, only the progress response: {p:?}"
     );
+}
+
+#[tokio::test]
+async fn progress_notify_follows_the_configured_interval() {
+    let m = member_with(|c| c.watch_progress_notify_interval = Duration::from_millis(200)).await;
+    let mut kv = KvClient::new(m.channel.clone());
+    let rev = put(&mut kv, "p", "1").await;
+    let mut s = Stream::open(&m).await;
+    let created = s
+        .create(WatchCreateRequest {
+            key: "p".into(),
+            progress_notify: true,
+            ..Default::default()
+        })
+        .await;
+    let p = s.next().await;
+    assert!(p.events.is_empty() && !p.canceled, "{p:?}");
+    assert_eq!(p.watch_id, created.watch_id);
+    assert_eq!(p.header.unwrap().revision, rev);
 }

@@ -76,6 +76,37 @@ fn bad_flags_and_foreign_data_dirs_fail_at_start() -> Result<()> {
             code: 1,
             stderr_contains: "damaged or not concord's",
         },
+        TestCase {
+            name: "member not in --initial-cluster",
+            args: &[
+                "--data-dir",
+                "d",
+                "--name",
+                "x",
+                "--initial-cluster",
+                "y=http://127.0.0.1:2380",
+            ],
+            prepare: |_| {},
+            code: 1,
+            stderr_contains: "couldn't find local name \"x\" in the initial cluster configuration",
+        },
+        TestCase {
+            name: "peer URLs differ from --initial-cluster",
+            args: &[
+                "--data-dir",
+                "d",
+                "--name",
+                "x",
+                "--initial-cluster",
+                "x=http://127.0.0.1:2381",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ],
+            prepare: |_| {},
+            code: 1,
+            stderr_contains: "--initial-cluster has x=http://127.0.0.1:2381 but missing from \
+                              --initial-advertise-peer-urls=http://127.0.0.1:2380",
+        },
     ];
     for c in cases {
         let dir = tempfile::tempdir()?;

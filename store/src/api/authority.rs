@@ -329,23 +329,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FixAuthority<S> {
     }
 }
 
-/// A listener whose connections are wrapped in [`FixAuthority`].
-pub struct FixAuthorityListener<L>(pub L);
-
-impl<L: axum::serve::Listener> axum::serve::Listener for FixAuthorityListener<L> {
-    type Io = FixAuthority<L::Io>;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = self.0.accept().await;
-        (FixAuthority::new(io), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
 fn frame_len(head: &[u8]) -> usize {
     (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2])
 }

@@ -17,7 +17,6 @@ pub mod watch;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::proto::etcdserverpb::{
@@ -63,17 +62,53 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
         .merge(http::router(server))
 }
 
+/// How long a shutdown waits for open connections (watch streams never end by themselves).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves the client api on `listener` until `shutdown` resolves.
+///
+/// HTTP/1 and HTTP/2 share the port. HTTP/2 allows unlimited concurrent streams per connection,
+/// as etcd's `--max-concurrent-streams` default does: clients such as kube-apiserver open many
+/// watch streams on one connection. Every connection is read through
+/// [`authority::FixAuthority`] (etcdctl 3.4 sends `http://` authorities).
 pub async fn serve_client(
     listener: TcpListener,
     server: Arc<EtcdServer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Every connection is read through `FixAuthority` (etcdctl 3.4's `http://` authorities).
-    let listener = authority::FixAuthorityListener(listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    }));
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(server);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(u32::MAX);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "failed to accept a client connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let io = TokioIo::new(authority::FixAuthority::new(tcp));
+                let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()));
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    Ok(())
 }

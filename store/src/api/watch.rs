@@ -29,8 +29,6 @@ use crate::proto::mvccpb::{Event, event::EventType};
 use crate::server::EtcdServer;
 use crate::watch::KeyFilter;
 
-/// etcd's default `--experimental-watch-progress-notify-interval`.
-const PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
 /// Responses buffered per stream before the task waits for the client.
 const STREAM_BUFFER: usize = 128;
 
@@ -100,7 +98,12 @@ struct Gone;
 impl WatchStream {
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         let mut rev_rx = self.server.hub().subscribe();
-        let mut tick = tokio::time::interval(PROGRESS_NOTIFY_INTERVAL);
+        let every = self
+            .server
+            .config()
+            .watch_progress_notify_interval
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             let Ok(delivered) = self.deliver().await else {

@@ -14,12 +14,20 @@ pub struct Member {
 }
 
 /// Starts a single-member concord with default flags and its own data dir.
+#[allow(dead_code)] // not every test binary uses both constructors
 pub async fn member() -> Member {
+    member_with(|_| {}).await
+}
+
+/// Like [`member`], with flags changed by `tune`.
+#[allow(dead_code)]
+pub async fn member_with(tune: impl FnOnce(&mut Config)) -> Member {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = Config {
+    let mut cfg = Config {
         data_dir: dir.path().join("data"),
         ..Config::default()
     };
+    tune(&mut cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
