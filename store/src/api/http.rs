@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -101,21 +102,26 @@ async fn metrics(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
     );
     gauge(
         &mut r,
-        "etcd_server_proposals_committed",
+        "etcd_server_proposals_committed_total",
         "The total number of consensus proposals committed.",
         st.commit as i64,
     );
     gauge(
         &mut r,
-        "etcd_server_proposals_applied",
+        "etcd_server_proposals_applied_total",
         "The total number of consensus proposals applied.",
         st.applied as i64,
     );
-    gauge(
-        &mut r,
+    let ids = Family::<Vec<(String, String)>, Gauge>::default();
+    ids.get_or_create(&vec![(
+        "server_id".to_string(),
+        format!("{:x}", server.config().member_id),
+    )])
+    .set(1);
+    r.register(
         "etcd_server_id",
         "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
-        1,
+        ids,
     );
     gauge(
         &mut r,

@@ -6,9 +6,12 @@ use concord_store::embed;
 use tonic::transport::Channel;
 
 /// A running in-process member.
+#[allow(dead_code)] // each test binary uses a subset of the fields
 pub struct Member {
     /// A lazily connecting channel to the member's client port.
     pub channel: Channel,
+    /// The member's client address (gRPC and HTTP share it).
+    pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -42,6 +45,7 @@ pub async fn member_with(tune: impl FnOnce(&mut Config)) -> Member {
         .connect_lazy();
     Member {
         channel,
+        addr,
         _dir: dir,
         _stop: tx,
     }
