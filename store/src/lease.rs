@@ -218,11 +218,14 @@ impl Lessor {
         Some((remaining, l.ttl))
     }
 
-    /// Ids of every granted lease.
+    /// Ids of every granted lease, soonest expiry first (as etcd's `Leases()` sorts them);
+    /// leases without a deadline (on followers) last, by id.
     pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        let inner = self.lock();
+        let mut ids: Vec<(Option<Instant>, i64)> =
+            inner.leases.iter().map(|(id, l)| (l.expiry, *id)).collect();
+        ids.sort_unstable_by_key(|(expiry, id)| (expiry.is_none(), *expiry, *id));
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Leader only: expired leases not yet being revoked; marks them as being revoked.
@@ -280,5 +283,16 @@ mod tests {
         l.apply(&[LeaseChange::Revoked { id: 1 }], t0);
         assert_eq!(l.time_to_live(1, t0), None);
         assert!(l.ids().is_empty());
+        // Listed soonest expiry first, as etcd lists them.
+        l.apply(
+            &[
+                LeaseChange::Granted { id: 5, ttl: 60 },
+                LeaseChange::Granted { id: 9, ttl: 50 },
+            ],
+            t0,
+        );
+        assert_eq!(l.ids(), vec![9, 5]);
+        l.renew(9, t0 + Duration::from_secs(40)).unwrap();
+        assert_eq!(l.ids(), vec![5, 9]);
     }
 }

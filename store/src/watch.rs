@@ -107,6 +107,11 @@ impl WatchHub {
         });
     }
 
+    /// The last compaction revision as of the last publish.
+    pub fn compact_rev(&self) -> i64 {
+        self.compact.load(Ordering::Acquire)
+    }
+
     /// The store revision as of the last publish.
     pub fn current_rev(&self) -> i64 {
         *self.rev.borrow()

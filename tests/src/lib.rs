@@ -6,7 +6,9 @@
 //!   loopback address ([`LoopbackIp`]: a random `127.a.b.c`, unique across concurrently running
 //!   test processes) with etcd's standard ports 2379 (client) and 2380 (peer) and a fresh data dir,
 //!   waits until `/health` says so, and can `kill -9`, restart, pause or stop it.
-//! - [`Etcdctl`] runs the real etcdctl (3.5 or 3.4) against an endpoint, with a timeout.
+//! - [`Cluster`] starts several members of one kind, bootstrapped from flags, each a [`Server`].
+//! - [`Etcdctl`] runs the real etcdctl (3.5 or 3.4) against an endpoint, with a timeout, or for a
+//!   fixed time for commands that never end (`watch`, `lease keep-alive`).
 //! - [`normalize`] blanks the fields that legitimately differ between two servers (IDs, sizes,
 //!   timings), each named by the test that blanks it, and renders readable line diffs.
 //!
@@ -25,11 +27,13 @@
 //!
 //! Every child process talks only to loopback addresses.
 
+pub mod cluster;
 pub mod etcdctl;
 pub mod normalize;
 pub mod server;
 
-pub use etcdctl::{CtlOutput, Etcdctl};
+pub use cluster::Cluster;
+pub use etcdctl::{Background, CtlOutput, Etcdctl};
 pub use normalize::{Normalizer, bytes_to_text, line_diff};
 pub use server::{CLIENT_PORT, LoopbackIp, PEER_PORT, Server, ServerBuilder, ServerKind, http_get};
 

@@ -18,6 +18,7 @@ pub struct Normalizer {
     fields: Vec<String>,
     simple_columns: Vec<(Vec<String>, Vec<usize>)>,
     after_markers: Vec<String>,
+    between_markers: Vec<(String, String)>,
 }
 
 impl Normalizer {
@@ -66,6 +67,13 @@ impl Normalizer {
     /// e.g. `"took = "` in `endpoint health` output.
     pub fn blank_after(mut self, marker: impl Into<String>) -> Self {
         self.after_markers.push(marker.into());
+        self
+    }
+
+    /// Blanks the text between each occurrence of `open` and the next `close` on the same line;
+    /// e.g. `"remaining("`, `"s)"` in `lease timetolive` output.
+    pub fn blank_between(mut self, open: impl Into<String>, close: impl Into<String>) -> Self {
+        self.between_markers.push((open.into(), close.into()));
         self
     }
 
@@ -123,6 +131,9 @@ impl Normalizer {
         }
         for marker in &self.after_markers {
             line = blank_after(&line, marker);
+        }
+        for (open, close) in &self.between_markers {
+            line = blank_between(&line, open, close);
         }
         line
     }
@@ -218,6 +229,27 @@ fn blank_after(line: &str, marker: &str) -> String {
     out
 }
 
+fn blank_between(line: &str, open: &str, close: &str) -> String {
+    if open.is_empty() || close.is_empty() {
+        return line.to_owned();
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(pos) = rest.find(open) {
+        let (before, after) = rest.split_at(pos + open.len());
+        out.push_str(before);
+        match after.find(close) {
+            Some(end) => {
+                out.push_str(BLANK);
+                rest = &after[end..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Bytes as text, losslessly: valid UTF-8 as is, every invalid byte as `\xNN`.
 pub fn bytes_to_text(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
@@ -303,6 +335,12 @@ mod tests {
             n.apply("http://127.1.2.3:2379 is healthy: took = 1.2ms"),
             "http://<ip>:2379 is healthy: took = <blanked>"
         );
+        let n = Normalizer::new().blank_between("remaining(", "s)");
+        assert_eq!(
+            n.apply("lease 1f granted with TTL(100s), remaining(99s), attached keys([k])"),
+            "lease 1f granted with TTL(100s), remaining(<blanked>s), attached keys([k])"
+        );
+        assert_eq!(n.apply("remaining(99"), "remaining(99");
     }
 
     #[test]

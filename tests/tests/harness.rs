@@ -1,6 +1,7 @@
 //! Self-tests of the harness against the real etcd 3.5 and 3.4 (no concord needed): start-up on
-//! distinct loopback addresses, `/version`, etcdctl of both versions, stop, pause/resume, and
-//! `kill -9` + restart on the same data dir.
+//! distinct loopback addresses, `/version`, etcdctl of both versions, stop, pause/resume,
+//! `kill -9` + restart on the same data dir, and etcdctl commands that never end (`run_for`,
+//! `spawn`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -78,5 +79,55 @@ fn etcd35_kill9_restart_keeps_data() -> Result<()> {
         out.stdout_text().contains("\"Count\" : 10"),
         "after restart: {out:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn etcdctl_run_for_returns_what_a_watch_printed() -> Result<()> {
+    let server = Server::start(ServerKind::Etcd35)?;
+    let ep = server.endpoint();
+    let out = Etcdctl::V35.run(&ep, ["put", "k", "v"], None)?;
+    ensure!(out.success(), "put: {out:?}");
+    for ctl in Etcdctl::ALL {
+        // A watch never ends: it is stopped, and what it printed is returned.
+        let out = ctl.run_for(
+            &ep,
+            ["watch", "k", "--rev", "1"],
+            None,
+            Duration::from_secs(1),
+        )?;
+        ensure!(
+            out.stopped && out.code.is_none() && out.stdout_text() == "PUT\nk\nv\n",
+            "{ctl:?} watch: {out:?}"
+        );
+        // Interactive mode reads stdin, which stays open until the end.
+        let out = ctl.run_for(
+            &ep,
+            ["watch", "-i"],
+            Some(b"watch k --rev 1\n"),
+            Duration::from_secs(1),
+        )?;
+        ensure!(
+            out.stopped && out.stdout_text() == "PUT\nk\nv\n",
+            "{ctl:?} watch -i: {out:?}"
+        );
+        // A command that ends by itself is not stopped.
+        let out = ctl.run_for(&ep, ["watch"], None, Duration::from_secs(10))?;
+        ensure!(
+            !out.stopped && out.code == Some(128),
+            "{ctl:?} watch: {out:?}"
+        );
+        // A background watcher is seen connected, then sees a live put.
+        let mut bg = ctl.spawn(&ep, ["watch", "live"], None)?;
+        ensure!(bg.wait_connected(server.client_addr(), Duration::from_secs(15))?);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = ctl.run(&ep, ["put", "live", "1"], None)?;
+        ensure!(out.success(), "put: {out:?}");
+        let out = bg.stop_after(Duration::from_millis(500))?;
+        ensure!(
+            out.stopped && out.stdout_text() == "PUT\nlive\n1\n",
+            "{ctl:?} live watch: {out:?}"
+        );
+    }
     Ok(())
 }

@@ -151,11 +151,15 @@ impl WatchStream {
                             w.sent_since_tick |= !events.is_empty();
                         }
                         if !events.is_empty() {
+                            // etcd reads an event's previous version at send time, at
+                            // `mod_revision - 1`; once that is compacted it sends none.
+                            let compact = hub.compact_rev();
                             let events = events
                                 .iter()
                                 .map(|e| {
                                     let mut e = Event::clone(e);
-                                    if !prev_kv {
+                                    let before = e.kv.as_ref().map_or(0, |kv| kv.mod_revision - 1);
+                                    if !prev_kv || before < compact {
                                         e.prev_kv = None;
                                     }
                                     e

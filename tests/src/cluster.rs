@@ -1,0 +1,72 @@
+//! Multi-member clusters of one server kind, each member a [`Server`] on its own loopback
+//! address with etcd's standard ports, bootstrapped from flags (`--initial-cluster`,
+//! `--initial-cluster-state=new`, `--initial-cluster-token`).
+
+use anyhow::{Context, Result};
+
+use crate::server::{LoopbackIp, PEER_PORT, Server, ServerKind};
+
+/// A running cluster. Members are named `m0`, `m1`, ... in start order; dropping the cluster
+/// kills every member.
+pub struct Cluster {
+    /// The members, in start order.
+    pub members: Vec<Server>,
+    /// `--initial-cluster-token` (unique per cluster, so clusters of concurrent tests never mix).
+    pub token: String,
+}
+
+impl Cluster {
+    /// Starts a cluster of `size` members of `kind` and waits until every member is healthy.
+    pub fn start(kind: ServerKind, size: usize) -> Result<Cluster> {
+        Cluster::start_with(kind, size, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra flags for every member.
+    pub fn start_with(kind: ServerKind, size: usize, extra_args: &[&str]) -> Result<Cluster> {
+        let ips = (0..size)
+            .map(|_| LoopbackIp::claim())
+            .collect::<Result<Vec<_>>>()?;
+        let initial_cluster = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("m{i}=http://{}:{PEER_PORT}", ip.ip()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("concord-test-{:016x}", crate::random_u64());
+        let mut members = Vec::with_capacity(size);
+        for (i, ip) in ips.into_iter().enumerate() {
+            let server = Server::builder(kind)
+                .name(format!("m{i}"))
+                .ip(ip)
+                .initial_cluster(initial_cluster.clone())
+                .arg("--initial-cluster-state=new")
+                .arg(format!("--initial-cluster-token={token}"))
+                .args(extra_args)
+                .no_wait()
+                .start()
+                .with_context(|| format!("starting member m{i}"))?;
+            members.push(server);
+        }
+        for m in &mut members {
+            let name = m.name().to_owned();
+            m.wait_ready()
+                .with_context(|| format!("member {name} did not become healthy"))?;
+        }
+        Ok(Cluster { members, token })
+    }
+
+    /// Client endpoints of every member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Server::endpoint).collect()
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
