@@ -34,16 +34,18 @@ have_etcd35() {
 
 # protoc: the etcd-client crate (a dev-dependency of the tests) compiles etcd's protos with it.
 have_protoc() { command -v protoc >/dev/null 2>&1; }
+# curl: the gateway tests send etcd's documented curl requests.
+have_curl() { command -v curl >/dev/null 2>&1; }
 
 if [ "$(id -u)" -ne 0 ]; then
-    if have_etcd34 && have_etcd35 && have_protoc; then
+    if have_etcd34 && have_etcd35 && have_protoc && have_curl; then
         exit 0
     fi
     die "must run as root (apt-get install) when test dependencies are missing"
 fi
 
 # Fast path: everything already in place.
-if have_etcd34 && have_etcd35 && have_protoc; then
+if have_etcd34 && have_etcd35 && have_protoc && have_curl; then
     log "etcd $(version_of /usr/bin/etcd) and $ETCD35_VERSION already present"
     exit 0
 fi
@@ -118,6 +120,13 @@ if ! have_protoc; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
     have_protoc || die "protoc is missing after installing protobuf-compiler"
+fi
+
+# --- curl -------------------------------------------------------------------------------------------
+if ! have_curl; then
+    log "installing curl"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends curl >/dev/null
 fi
 
 # --- etcd 3.4 (bookworm) ---------------------------------------------------------------------------

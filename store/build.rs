@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Descriptors of every message, for the gRPC-JSON gateway (`api::gateway`).
+        .file_descriptor_set_path(out_dir.join("concord_descriptor.bin"))
         .build_server(true)
         .build_client(true)
         // Services concord does not implement yet answer `Unimplemented`, never a fake OK.

@@ -9,11 +9,15 @@
 use std::cmp::Ordering;
 
 use prost::Message;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use crate::error::{Error, Result};
 use crate::lease;
 use crate::mvcc::{KeyInterval, KvRead, TxnWrite, WriteTables, resolve_rev};
 use crate::proto::concordpb::{InternalRequest, internal_request::Request};
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, alarm_request::AlarmAction,
+};
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -31,6 +35,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -47,6 +52,11 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
         Ok(r) => r,
         Err(e) => return (0, Err(e.into())),
     };
+    if let Some(r) = &req.request
+        && let Err(e) = check_alarms(tables, r)
+    {
+        return (req.id, Err(e));
+    }
     let out = match req.request {
         Some(Request::Put(p)) => put(tables, &p).map(Applied::Put),
         Some(Request::DeleteRange(d)) => {
@@ -71,6 +81,7 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
                 header: header(rev),
             })
         }),
+        Some(Request::Alarm(a)) => alarm(tables, &a).map(Applied::Alarm),
         // The raft loop hands membership requests to `membership`; one reaching here is a bug.
         Some(Request::MemberAttrSet(_)) => Err(Error::Raft(
             "membership request reached the key-value applier".into(),
@@ -78,6 +89,86 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
         None => Err(Error::Raft("empty internal request".into())),
     };
     (req.id, out)
+}
+
+/// Whether a txn puts anything in either branch's top level (etcd's quota cost is
+/// non-zero: `costTxn` looks at top-level puts only).
+pub fn txn_costs_space(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| matches!(op.request, Some(request_op::Request::RequestPut(_))))
+}
+
+/// The raised alarms, in (member id, alarm) order.
+pub fn alarms(tables: &WriteTables<'_>) -> Result<Vec<AlarmMember>> {
+    let mut out = Vec::new();
+    for item in tables.alarms.iter()? {
+        let (k, _) = item?;
+        let (member_id, alarm) = k.value();
+        out.push(AlarmMember { member_id, alarm });
+    }
+    Ok(out)
+}
+
+/// etcd's capped appliers: while NOSPACE stands, puts, txns with puts and lease grants fail
+/// with `database space exceeded`; while CORRUPT stands, every write fails.
+fn check_alarms(tables: &WriteTables<'_>, r: &Request) -> Result<()> {
+    if tables.alarms.is_empty()? {
+        return Ok(());
+    }
+    let raised = alarms(tables)?;
+    let has = |t: AlarmType| raised.iter().any(|a| a.alarm == t as i32);
+    if has(AlarmType::Corrupt) {
+        match r {
+            Request::Put(_)
+            | Request::DeleteRange(_)
+            | Request::Txn(_)
+            | Request::Compaction(_)
+            | Request::LeaseGrant(_)
+            | Request::LeaseRevoke(_) => return Err(Error::Corrupt),
+            _ => {}
+        }
+    }
+    if has(AlarmType::Nospace) {
+        match r {
+            Request::Put(_) | Request::LeaseGrant(_) => return Err(Error::NoSpace),
+            Request::Txn(t) if txn_costs_space(t) => return Err(Error::NoSpace),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// etcd's `applierV3backend.Alarm` for ACTIVATE and DEACTIVATE: the response lists the alarm
+/// changed, or nothing if there was nothing to change. GET is served from local state.
+fn alarm(tables: &mut WriteTables<'_>, a: &AlarmRequest) -> Result<AlarmResponse> {
+    let mut resp = AlarmResponse {
+        header: header(tables.revs().current),
+        alarms: vec![],
+    };
+    let member = AlarmMember {
+        member_id: a.member_id,
+        alarm: a.alarm,
+    };
+    match AlarmAction::try_from(a.action) {
+        Ok(AlarmAction::Activate) => {
+            if a.alarm == AlarmType::None as i32 {
+                return Ok(resp);
+            }
+            // An alarm raised twice is answered with the standing one, as etcd does.
+            tables.alarms.insert((a.member_id, a.alarm), ())?;
+            resp.alarms.push(member);
+        }
+        Ok(AlarmAction::Deactivate) => {
+            if tables.alarms.remove((a.member_id, a.alarm))?.is_some() {
+                resp.alarms.push(member);
+            }
+        }
+        Ok(AlarmAction::Get) => resp.alarms = alarms(tables)?,
+        Err(_) => {}
+    }
+    Ok(resp)
 }
 
 /// etcd's Range: fetch, filter by mod/create revision, sort, truncate to `limit`.
@@ -190,6 +281,26 @@ fn delete_range(w: &mut TxnWrite<'_, '_>, d: &DeleteRangeRequest) -> Result<Dele
 }
 
 fn compaction(tables: &mut WriteTables<'_>, c: &CompactionRequest) -> Result<CompactionResponse> {
+    let revs = tables.revs();
+    if c.revision > revs.compact && c.revision <= revs.current {
+        // etcd hashes the history up to the new compaction revision while compacting, and
+        // answers HashKV at that revision with it (see `hash`).
+        let prev = if revs.compact == 0 { -1 } else { revs.compact };
+        let h = crate::hash::history_hash(
+            &tables.latest,
+            &tables.history,
+            &tables.changes,
+            prev,
+            c.revision,
+            revs.current,
+        )?;
+        tables
+            .compaction_hashes
+            .insert(c.revision as u64, (h, prev))?;
+        while tables.compaction_hashes.len()? > crate::backend::COMPACTION_HASHES_KEPT as u64 {
+            tables.compaction_hashes.pop_first()?;
+        }
+    }
     tables.compact(c.revision)?;
     Ok(CompactionResponse {
         header: header(tables.revs().current),

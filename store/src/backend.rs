@@ -12,6 +12,8 @@
 //! key-value semantics (that is `mvcc`) or raft semantics (that is `raft`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -77,9 +79,30 @@ pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("
 /// `membership`.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
+/// Raised alarms (etcd's `alarm` bucket): (member id, `etcdserverpb.AlarmType` number) -> ().
+/// Written only by applied `AlarmRequest` entries, so every member holds the same rows.
+pub const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
+
+/// Hashes computed while compacting (etcd's in-memory `hashStorage`, here persisted and
+/// replicated): compaction revision -> (HashKV hash of the history up to it as it was before
+/// the compaction, previous compaction revision as etcd reports it, -1 for none). The newest
+/// [`COMPACTION_HASHES_KEPT`] are kept. Written only by applied compactions.
+pub const COMPACTION_HASHES: TableDefinition<u64, (u32, i64)> =
+    TableDefinition::new("compaction_hashes");
+/// How many compaction hashes are kept (etcd's `hashStorageMaxSize`).
+pub const COMPACTION_HASHES_KEPT: usize = 10;
+
+/// How long [`Backend::defragment`] waits for the transactions in flight to end.
+const DEFRAG_WAIT: Duration = Duration::from_secs(30);
+
 /// The open database of one member.
+///
+/// The database sits behind a read-write lock so that [`Backend::defragment`] can get the
+/// `&mut Database` that redb's compaction needs: everyone else takes the read side only for the
+/// instant of `begin_read`/`begin_write` (transactions do not borrow the database), and
+/// defragmentation takes the write side, so no new transaction begins while it runs.
 pub struct Backend {
-    db: Database,
+    db: RwLock<Database>,
     path: PathBuf,
 }
 
@@ -105,13 +128,16 @@ impl Backend {
                     path.display()
                 ))
             })?;
-        let backend = Backend { db, path };
+        let backend = Backend {
+            db: RwLock::new(db),
+            path,
+        };
         backend.init_schema()?;
         Ok(backend)
     }
 
     fn init_schema(&self) -> Result<()> {
-        let wtx = self.db.begin_write()?;
+        let wtx = self.db().begin_write()?;
         {
             let mut meta = wtx.open_table(META)?;
             let found = meta.get(META_FORMAT_VERSION)?.map(|v| v.value());
@@ -139,14 +165,62 @@ impl Backend {
             wtx.open_table(MEMBERS)?;
             wtx.open_table(LEASES)?;
             wtx.open_table(LEASE_KEYS)?;
+            wtx.open_table(ALARMS)?;
+            wtx.open_table(COMPACTION_HASHES)?;
         }
         wtx.commit()?;
         Ok(())
     }
 
-    /// The redb database, for modules that open transactions on the tables above.
-    pub fn db(&self) -> &Database {
-        &self.db
+    /// The redb database, for modules that open transactions on the tables above. Use it only
+    /// to begin a transaction (`backend.db().begin_read()`): never hold the guard while a
+    /// transaction of this thread is open, or defragmentation waits for it in vain.
+    pub fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Defragments the file (etcd's `Defragment`): redb's compaction moves live pages to the
+    /// front of the file and truncates it. Takes the write side of the lock, so transactions
+    /// stop beginning (the raft loop included: a long defragmentation delays this member's
+    /// raft traffic, as etcd's does its applies), then waits up to 30 s for those in flight.
+    /// Returns the file size before and after.
+    pub fn defragment(&self) -> Result<(u64, u64)> {
+        let before = self.size();
+        let deadline = Instant::now() + DEFRAG_WAIT;
+        loop {
+            {
+                let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+                // Transactions begun before we took the lock end by themselves; poll briefly
+                // while holding it. A thread that opens a second transaction while holding a
+                // first would wait for us, so let go now and then.
+                let hold_until = Instant::now() + Duration::from_millis(500);
+                loop {
+                    match db.compact() {
+                        // redb repeats its passes until no page moves.
+                        Ok(_) => return Ok((before, self.size())),
+                        Err(redb::CompactionError::TransactionInProgress) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    if Instant::now() >= hold_until {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Storage(
+                    "cannot defragment: transactions stayed open for 30s; try again when the \
+                     member is less busy"
+                        .into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Size of the database file in bytes (etcd's `dbSize`).
@@ -156,7 +230,7 @@ impl Backend {
 
     /// Reads one `META` counter in a fresh read transaction.
     pub fn read_meta(&self, key: &str) -> Result<u64> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db().begin_read()?;
         let meta = rtx.open_table(META)?;
         Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
     }

@@ -22,7 +22,9 @@ use crate::server::{EtcdServer, ServerConfig};
 
 /// Member and cluster ids and the voters: read from the data dir, or derived from the flags on
 /// first start, when the initial members are written to the data dir in the same transaction.
-fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
+/// `snapshot restore` calls it too, so a restored data dir gets the identity a first start
+/// with the same flags would give.
+pub fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
     let own_urls: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
@@ -50,11 +52,7 @@ fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
     }
     let own = member_id(&own_urls, &cfg.initial_cluster_token, None);
     if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(Error::DataDir(
-            "--initial-cluster-state=existing (joining a running cluster) is not implemented \
-             yet; start every member of a new cluster with --initial-cluster-state=new"
-                .into(),
-        ));
+        return join(cfg, backend, own_urls);
     }
     let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     membership::check_local_member(&members, own, &cfg.name, &own_urls, &cfg.initial_cluster)?;
@@ -69,6 +67,58 @@ fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
     membership::write(&wtx, &members)?;
     wtx.commit()?;
     Ok((own, cid, ids))
+}
+
+/// Joins a running cluster (`--initial-cluster-state=existing`): asks the other members in
+/// `--initial-cluster` for the cluster id and members, finds this member (added by MemberAdd)
+/// by its peer URLs and writes both to the data dir. No initial voters: the new member learns
+/// the configuration from the leader's log, whose first entries are the bootstrap conf changes.
+fn join(
+    cfg: &Config,
+    backend: &Backend,
+    mut own_urls: Vec<String>,
+) -> Result<(u64, u64, Vec<u64>)> {
+    let others: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(_, u)| url_string(u))
+        .filter(|u| !own_urls.contains(u))
+        .collect();
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::Raft("a member must be started inside a tokio runtime".into()))?;
+    let fetched =
+        tokio::task::block_in_place(|| rt.block_on(crate::transport::fetch_members(&others)));
+    let (cid, members) = fetched?;
+    own_urls.sort();
+    let Some(own) = members.iter().find(|m| {
+        let mut urls = m.peer_ur_ls.clone();
+        urls.sort();
+        urls == own_urls
+    }) else {
+        return Err(Error::DataDir(format!(
+            "this member ({}) is not a member of the cluster it tries to join; add it first \
+             with `etcdctl member add {} --peer-urls={}`, then start it with \
+             --initial-cluster-state=existing",
+            own_urls.join(","),
+            cfg.name,
+            own_urls.join(",")
+        )));
+    };
+    let own = own.id;
+    let wtx = backend.db().begin_write()?;
+    {
+        let mut meta = wtx.open_table(META)?;
+        meta.insert(META_MEMBER_ID, own)?;
+        meta.insert(META_CLUSTER_ID, cid)?;
+    }
+    membership::write(&wtx, &members)?;
+    wtx.commit()?;
+    tracing::info!(
+        local_member_id = format!("{own:x}"),
+        cluster_id = format!("{cid:x}"),
+        "joining an existing cluster"
+    );
+    Ok((own, cid, vec![]))
 }
 
 /// Derives the server's settings from the flags.
@@ -94,6 +144,7 @@ pub fn server_config(
         // etcd: 5s plus the time an election may take.
         request_timeout: Duration::from_secs(5) + 2 * cfg.election_timeout,
         auto_compaction: compaction_policy(cfg),
+        strict_reconfig_check: cfg.strict_reconfig_check,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         raft: RaftConfig {
             id: member_id,
@@ -214,6 +265,11 @@ pub async fn serve_all(
     stop_peers();
     for t in peer_tasks {
         let _ = t.await;
+    }
+    if raft_failed && server.raft_status().removed {
+        // As etcd: a removed member stops cleanly.
+        tracing::warn!("the member has been permanently removed from the cluster; stopped");
+        return Ok(());
     }
     if let Some(c) = compactor {
         c.abort();

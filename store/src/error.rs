@@ -48,6 +48,47 @@ pub enum Error {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// The client gave up on a request that was still waiting (Go's `context.Canceled`).
+    #[error("context canceled")]
+    Canceled,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// This member was removed from the cluster; it stops.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    /// A lock's or campaign's key vanished (its lease ended) while it waited
+    /// (`concurrency.ErrSessionExpired`).
+    #[error("session expired")]
+    SessionExpired,
+    /// `concurrency.ErrElectionNoLeader`.
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// `concurrency.ErrElectionNotLeader`.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// `v3election.ErrMissingLeaderKey`.
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
     /// The backend failed; the message says what broke. The server stops applying after this.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
@@ -73,14 +114,68 @@ impl Error {
             LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped => Code::Unavailable,
             NotLeader => Code::FailedPrecondition,
+            Corrupt => Code::DataLoss,
+            Canceled => Code::Cancelled,
+            MemberExist
+            | PeerUrlExist
+            | MemberNotEnoughStarted
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotSupportedForLearner => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            MemberNotFound => Code::NotFound,
+            Unhealthy => Code::Unavailable,
+            Removed => Code::Unavailable,
+            // etcd's Lock and Election services return these as plain Go errors.
+            SessionExpired | ElectionNoLeader | ElectionNotLeader | MissingLeaderKey => {
+                Code::Unknown
+            }
             Storage(_) | Raft(_) | DataDir(_) => Code::Internal,
         }
+    }
+}
+
+impl Error {
+    /// The error another member answered with, recognised by its message as etcd's clients do
+    /// (a forwarded request); any other answer becomes [`Error::Raft`] with its text.
+    pub fn from_status(s: &Status) -> Error {
+        use Error::*;
+        let known = [
+            MemberExist,
+            PeerUrlExist,
+            MemberNotEnoughStarted,
+            MemberBadUrls,
+            MemberNotFound,
+            MemberNotLearner,
+            LearnerNotReady,
+            TooManyLearners,
+            Unhealthy,
+            NoLeader,
+            NotLeader,
+            Timeout,
+            Stopped,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == s.message())
+            .unwrap_or_else(|| Raft(format!("forwarded request failed: {}", s.message())))
     }
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+impl Error {
+    /// The status etcd's Lock and Election services answer with. etcd serves them through an
+    /// in-process etcd client, which turns every gRPC error of the KV and Lease calls it makes
+    /// into a plain Go error: the client sees code `Unknown` with etcd's message
+    /// (e.g. `etcdserver: requested lease not found`).
+    pub fn via_client(self) -> Status {
+        Status::new(Code::Unknown, self.to_string())
     }
 }
 
@@ -100,6 +195,7 @@ storage_errors!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::CompactionError,
     prost::DecodeError,
 );
 
@@ -212,11 +308,81 @@ mod tests {
                 code: Code::Unavailable,
                 message: "etcdserver: server stopped",
             },
+            TestCase {
+                err: Error::Corrupt,
+                code: Code::DataLoss,
+                message: "etcdserver: corrupt cluster",
+            },
+            TestCase {
+                err: Error::Canceled,
+                code: Code::Cancelled,
+                message: "context canceled",
+            },
+            TestCase {
+                err: Error::SessionExpired,
+                code: Code::Unknown,
+                message: "session expired",
+            },
+            TestCase {
+                err: Error::ElectionNoLeader,
+                code: Code::Unknown,
+                message: "election: no leader",
+            },
+            TestCase {
+                err: Error::ElectionNotLeader,
+                code: Code::Unknown,
+                message: "election: not leader",
+            },
+            TestCase {
+                err: Error::MissingLeaderKey,
+                code: Code::Unknown,
+                message: "\"leader\" field must be provided",
+            },
+            TestCase {
+                err: Error::PeerUrlExist,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: Peer URLs already exists",
+            },
+            TestCase {
+                err: Error::MemberNotFound,
+                code: Code::NotFound,
+                message: "etcdserver: member not found",
+            },
+            TestCase {
+                err: Error::LearnerNotReady,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: can only promote a learner member which is in sync with leader",
+            },
+            TestCase {
+                err: Error::TooManyLearners,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: too many learner members in cluster",
+            },
+            TestCase {
+                err: Error::NotSupportedForLearner,
+                code: Code::FailedPrecondition,
+                message: "etcdserver: rpc not supported for learner",
+            },
+            TestCase {
+                err: Error::MemberBadUrls,
+                code: Code::InvalidArgument,
+                message: "etcdserver: given member URLs are invalid",
+            },
         ];
         for c in cases {
             let status: Status = c.err.into();
             assert_eq!(status.code(), c.code, "{}", c.message);
             assert_eq!(status.message(), c.message);
         }
+    }
+
+    #[test]
+    fn lock_and_election_errors_arrive_as_unknown_with_etcds_text() {
+        let s = Error::LeaseNotFound.via_client();
+        assert_eq!(s.code(), Code::Unknown);
+        assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s = Error::ElectionNoLeader.via_client();
+        assert_eq!(s.code(), Code::Unknown);
+        assert_eq!(s.message(), "election: no leader");
     }
 }

@@ -28,6 +28,9 @@ fn tracing_level(etcd_level: &str) -> &str {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        std::process::exit(snapshot_command(std::env::args_os().skip(2).collect()));
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match config::parse(std::env::args_os().skip(1), &env) {
         Ok(Invocation::Run(loaded)) => loaded,
@@ -82,4 +85,130 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         embed::serve_all(server, listeners, peer_listeners, shutdown).await?;
         Ok(())
     })
+}
+
+/// `concord snapshot restore <file> [flags]`: etcdutl's `snapshot restore`, with its flags and
+/// defaults, writing a concord data dir (see `concord_store::snapshot`).
+#[derive(clap::Parser, Debug)]
+#[command(name = "concord snapshot", about = "Manages concord member snapshots")]
+enum SnapshotCommand {
+    /// Restores a member snapshot (from `etcdctl snapshot save`) into a new data directory.
+    Restore {
+        /// The snapshot file.
+        filename: std::path::PathBuf,
+        /// Path to the output data directory (default: `<name>.etcd`).
+        #[arg(long)]
+        data_dir: Option<String>,
+        /// Accepted for etcdutl compatibility; concord keeps no separate WAL.
+        #[arg(long)]
+        wal_dir: Option<String>,
+        /// Initial cluster configuration for restore bootstrap.
+        #[arg(long, default_value = "default=http://localhost:2380")]
+        initial_cluster: String,
+        /// Initial cluster token for the etcd cluster during restore bootstrap.
+        #[arg(long, default_value = "etcd-cluster")]
+        initial_cluster_token: String,
+        /// List of this member's peer URLs to advertise to the rest of the cluster.
+        #[arg(long, default_value = "http://localhost:2380")]
+        initial_advertise_peer_urls: String,
+        /// Human-readable name for this member.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Ignore snapshot integrity hash value (required if copied from data directory).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        skip_hash_check: Option<bool>,
+        /// Accepted for etcdutl compatibility (a bbolt setting); ignored.
+        #[arg(long)]
+        initial_memory_map_size: Option<u64>,
+        /// How much to increase the latest revision after restore.
+        #[arg(long, default_value_t = 0)]
+        bump_revision: u64,
+        /// Mark the latest revision after restore as the point of scheduled compaction
+        /// (required if --bump-revision > 0, disallowed otherwise).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        mark_compacted: Option<bool>,
+    },
+}
+
+fn snapshot_command(args: Vec<std::ffi::OsString>) -> i32 {
+    use clap::Parser;
+    let cmd = match SnapshotCommand::try_parse_from(
+        std::iter::once(std::ffi::OsString::from("concord snapshot")).chain(args),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let SnapshotCommand::Restore {
+        filename,
+        data_dir,
+        wal_dir,
+        initial_cluster,
+        initial_cluster_token,
+        initial_advertise_peer_urls,
+        name,
+        skip_hash_check,
+        initial_memory_map_size: _,
+        bump_revision,
+        mark_compacted,
+    } = cmd;
+    if wal_dir.is_some() {
+        tracing::warn!("--wal-dir is ignored: concord keeps its raft log in the data dir");
+    }
+    let data_dir = data_dir.unwrap_or_else(|| format!("{name}.etcd"));
+    // The member identity flags mean what they mean to the server: parse them as it does.
+    let flags = [
+        "--name",
+        &name,
+        "--data-dir",
+        &data_dir,
+        "--initial-cluster",
+        &initial_cluster,
+        "--initial-cluster-token",
+        &initial_cluster_token,
+        "--initial-advertise-peer-urls",
+        &initial_advertise_peer_urls,
+    ];
+    let config = match config::parse(flags, &[]) {
+        Ok(Invocation::Run(loaded)) => loaded.config,
+        Ok(_) => return 1,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
+    let opts = concord_store::snapshot::RestoreOptions {
+        snapshot: filename.clone(),
+        config,
+        skip_hash_check: skip_hash_check.unwrap_or(false),
+        bump_revision,
+        mark_compacted: mark_compacted.unwrap_or(false),
+    };
+    tracing::info!(path = %filename.display(), data_dir = %data_dir, "restoring snapshot");
+    match concord_store::snapshot::restore(&opts) {
+        Ok((member, cluster)) => {
+            tracing::info!(
+                path = %filename.display(),
+                data_dir = %data_dir,
+                member_id = format!("{member:x}"),
+                cluster_id = format!("{cluster:x}"),
+                "restored snapshot"
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
 }

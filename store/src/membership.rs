@@ -1,13 +1,16 @@
 //! Cluster membership: which members the cluster has (id, name, peer URLs, client URLs, learner
 //! flag), kept in the backend's `members` table (layout documented there).
 //!
-//! Rows are written once at bootstrap, from `--initial-cluster`, and afterwards only by applied
-//! raft entries, so every member holds the same rows and a restart needs no flags. Today the only
-//! such entry is `MemberAttrSet`: a member publishing its name and client URLs after it starts, as
-//! etcd's `publishV3` does ("published local member to cluster through raft"). The raft loop
-//! hands these entries here ([`peek`], [`apply`]) instead of to `apply`, inside the same write
-//! transaction as the rest of the batch. Readers (MemberList, Status, the peer transport) read the
-//! table through [`list`]. This module never talks to peers or to raft.
+//! Rows are written once at bootstrap, from `--initial-cluster` (or, for a member joining with
+//! `--initial-cluster-state=existing`, from the members a running member lists), and afterwards
+//! only by applied raft entries, so every member holds the same rows and a restart needs no
+//! flags. Those entries are raft conf changes (MemberAdd, MemberPromote, MemberRemove; the
+//! member travels in the conf change's context, see [`apply_conf_change`]) and `MemberAttrSet`:
+//! a member publishing its name and client URLs after it starts, as etcd's `publishV3` does
+//! ("published local member to cluster through raft"). The raft loop hands these entries here
+//! ([`peek`], [`apply`], [`apply_conf_change`]) instead of to `apply`, inside the same write
+//! transaction as the rest of the batch. Readers (MemberList, Status, the peer transport) read
+//! the table through [`list`]. This module never talks to peers or to raft.
 
 use std::collections::BTreeMap;
 
@@ -117,6 +120,48 @@ pub fn apply(wtx: &WriteTransaction, req: MemberRequest) -> Result<()> {
             m.client_ur_ls = a.client_urls;
             t.insert(m.id, m.encode_to_vec().as_slice())?;
             Ok(())
+        }
+    }
+}
+
+/// A membership change made by an applied raft conf change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Added(Member),
+    Removed(u64),
+}
+
+/// Applies the membership side of a raft conf change inside `wtx` (raft's side, the conf state,
+/// is the raft loop's). The context of an add is the member (`etcdserverpb.Member`, prost):
+/// added, or for a member already there (the bootstrap entries, a promotion) its peer URLs and
+/// learner flag updated, keeping the name and client URLs it published.
+pub fn apply_conf_change(
+    wtx: &WriteTransaction,
+    kind: raft::eraftpb::ConfChangeType,
+    node_id: u64,
+    context: &[u8],
+) -> Result<Option<Change>> {
+    use raft::eraftpb::ConfChangeType as T;
+    let mut t = wtx.open_table(MEMBERS)?;
+    match kind {
+        T::AddNode | T::AddLearnerNode => {
+            if context.is_empty() {
+                return Ok(None);
+            }
+            let mut m = Member::decode(context)?;
+            m.id = node_id;
+            m.is_learner = kind == T::AddLearnerNode;
+            let current = t.get(node_id)?.map(|v| Member::decode(v.value()));
+            if let Some(old) = current.transpose()? {
+                m.name = old.name;
+                m.client_ur_ls = old.client_ur_ls;
+            }
+            t.insert(node_id, m.encode_to_vec().as_slice())?;
+            Ok(Some(Change::Added(m)))
+        }
+        T::RemoveNode => {
+            t.remove(node_id)?;
+            Ok(Some(Change::Removed(node_id)))
         }
     }
 }

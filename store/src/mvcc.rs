@@ -14,7 +14,8 @@ use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::backend::{
-    KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, META, META_COMPACT_REV, META_CURRENT_REV,
+    ALARMS, COMPACTION_HASHES, KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, META,
+    META_COMPACT_REV, META_CURRENT_REV,
 };
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
@@ -261,12 +262,17 @@ impl KvRead for TxnWrite<'_, '_> {
 pub struct WriteTables<'t> {
     pub latest: Table<'t, LatestKey, &'static [u8]>,
     pub history: Table<'t, HistoryKey, &'static [u8]>,
-    changes: Table<'t, (u64, u32), &'static [u8]>,
+    /// The change log (see `backend::KV_CHANGES`).
+    pub changes: Table<'t, (u64, u32), &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
     /// Granted leases (see `backend::LEASES`); the `lease` module reads and writes them.
     pub leases: Table<'t, i64, &'static [u8]>,
     /// Lease attachments (see `backend::LEASE_KEYS`), kept in step by `put` and `delete_range`.
     pub lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+    /// Raised alarms (see `backend::ALARMS`): `apply` refuses writes while NOSPACE stands.
+    pub alarms: Table<'t, (u64, i32), ()>,
+    /// Hashes computed while compacting (see `backend::COMPACTION_HASHES`).
+    pub compaction_hashes: Table<'t, u64, (u32, i64)>,
     /// Current main revision as of the last finished write request.
     current: i64,
     /// Revision of the last compaction.
@@ -291,6 +297,8 @@ impl<'t> WriteTables<'t> {
             meta,
             leases: wtx.open_table(LEASES)?,
             lease_keys: wtx.open_table(LEASE_KEYS)?,
+            alarms: wtx.open_table(ALARMS)?,
+            compaction_hashes: wtx.open_table(COMPACTION_HASHES)?,
             current,
             compact,
             events: Vec::new(),
@@ -355,11 +363,16 @@ impl<'t> WriteTables<'t> {
         for (k, r) in &doomed {
             self.history.remove((k.as_slice(), *r))?;
         }
-        let old: Vec<(u64, u32)> = self
-            .changes
-            .range(..(rev as u64, 0))?
-            .map(|item| item.map(|(k, _)| k.value()))
-            .collect::<std::result::Result<_, _>>()?;
+        // Change-log rows go with their history rows; those of surviving versions stay, so the
+        // `(revision, sub revision)` of every stored version is known (HashKV hashes it).
+        let mut old: Vec<(u64, u32)> = Vec::new();
+        for item in self.changes.range(..(rev as u64, 0))? {
+            let (k, key) = item?;
+            let (r, sub) = k.value();
+            if self.history.get((key.value(), r))?.is_none() {
+                old.push((r, sub));
+            }
+        }
         for k in old {
             self.changes.remove(k)?;
         }

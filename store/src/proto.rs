@@ -25,3 +25,6 @@ pub mod v3electionpb {
 pub mod concordpb {
     tonic::include_proto!("concordpb");
 }
+
+/// The encoded `FileDescriptorSet` of every proto above (the JSON gateway transcodes with it).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("concord_descriptor");

@@ -32,7 +32,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use ::raft::prelude::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, Snapshot,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    Snapshot,
 };
 use ::raft::{GetEntriesContext, RaftState, RawNode, StateRole, Storage, storage::MemStorage};
 use protobuf::Message as PbMessage;
@@ -95,10 +96,28 @@ pub enum Msg {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Propose a membership change (its context is the member, for `membership`); the reply
+    /// comes once applied. The entry's context carries the proposal id.
+    ProposeConfChange {
+        id: u64,
+        cc: ConfChange,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Ask for a ReadIndex; the reply is the index to wait for before reading.
     ReadIndex { reply: oneshot::Sender<Result<u64>> },
     /// A raft message from another member (from the peer transport).
     Step(Message),
+    /// On the leader: how far each member's log matches the leader's (member id -> index).
+    /// `None` on any other member.
+    Progress {
+        reply: oneshot::Sender<Option<HashMap<u64, u64>>>,
+    },
+}
+
+/// What a proposal puts in the log.
+enum Payload {
+    Normal(Vec<u8>),
+    ConfChange(ConfChange),
 }
 
 /// Who waits for a proposal of this member.
@@ -151,7 +170,7 @@ impl Waiter {
 enum Held {
     Propose {
         id: u64,
-        data: Vec<u8>,
+        payload: Payload,
         waiter: Waiter,
     },
     Read(oneshot::Sender<Result<u64>>),
@@ -237,6 +256,10 @@ pub struct RaftStatus {
     pub applied: u64,
     pub last_index: u64,
     pub is_leader: bool,
+    /// Whether this member is a learner in the applied configuration.
+    pub is_learner: bool,
+    /// This member's removal was applied; the loop has stopped or is stopping.
+    pub removed: bool,
 }
 
 /// The way into a running raft loop. Cheap to clone.
@@ -341,6 +364,7 @@ pub fn start(
         next_read_ctx: 1,
         applied,
         last_sweep: Instant::now(),
+        removed: false,
     };
     std::thread::Builder::new()
         .name("raft".into())
@@ -377,22 +401,58 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
     let Some(cs) = state.get(RAFT_CONF_STATE)? else {
         drop(state);
         drop(rtx);
+        // A new cluster starts, as etcd's does, with one committed ConfChange(AddNode) entry per
+        // initial voter (term 1, the member in its context), so a member that joins later
+        // learns the initial configuration and members from the log. Here they are applied
+        // already: the conf state and the members table (written by `embed`) say the same.
+        let members = membership::list(backend)?;
+        let entries = cfg
+            .initial_voters
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let member = members.iter().find(|m| m.id == id);
+                let cc = ConfChange {
+                    change_type: ConfChangeType::AddNode,
+                    node_id: id,
+                    context: member
+                        .map(|m| prost::Message::encode_to_vec(m).into())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                Ok(Entry {
+                    entry_type: EntryType::EntryConfChange,
+                    term: 1,
+                    index: i as u64 + 1,
+                    data: encode(&cc)?.into(),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let last = entries.len() as u64;
         let cs = ConfState::from((cfg.initial_voters.clone(), vec![]));
         let storage = MemStorage::new_with_conf_state(cs.clone());
-        // Start at term 1 as etcd does, so the first leader's term is 2.
+        // Term 1 as etcd's, so the first leader's term is 2.
         let hs = HardState {
             term: 1,
+            commit: last,
             ..Default::default()
         };
+        storage.wl().append(&entries)?;
         storage.wl().set_hardstate(hs.clone());
         let wtx = backend.db().begin_write()?;
         {
             let mut t = wtx.open_table(RAFT_STATE)?;
             t.insert(RAFT_CONF_STATE, encode(&cs)?.as_slice())?;
             t.insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
+            let mut log = wtx.open_table(RAFT_LOG)?;
+            for e in &entries {
+                log.insert(e.index, encode(e)?.as_slice())?;
+            }
+            wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         }
         wtx.commit()?;
-        return Ok((storage, 0));
+        return Ok((storage, last));
     };
     let cs: ConfState = decode(cs.value())?;
     let storage = MemStorage::new();
@@ -453,6 +513,8 @@ struct Driver {
     applied: u64,
     /// When abandoned proposals and reads were last swept.
     last_sweep: Instant,
+    /// This member's removal was applied: the loop stops after the current Ready.
+    removed: bool,
 }
 
 impl Driver {
@@ -506,10 +568,29 @@ impl Driver {
     fn handle(&mut self, m: Msg) {
         match m {
             Msg::Propose { id, data, reply } => {
-                self.propose(Instant::now(), id, data, Waiter::Kv(reply));
+                self.propose(Instant::now(), id, Payload::Normal(data), Waiter::Kv(reply));
             }
             Msg::ProposeMember { id, data, reply } => {
-                self.propose(Instant::now(), id, data, Waiter::Member(reply));
+                self.propose(
+                    Instant::now(),
+                    id,
+                    Payload::Normal(data),
+                    Waiter::Member(reply),
+                );
+            }
+            Msg::ProposeConfChange { id, cc, reply } => {
+                self.propose(
+                    Instant::now(),
+                    id,
+                    Payload::ConfChange(cc),
+                    Waiter::Member(reply),
+                );
+            }
+            Msg::Progress { reply } => {
+                let r = &self.node.raft;
+                let progress = (r.state == StateRole::Leader)
+                    .then(|| r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect());
+                let _ = reply.send(progress);
             }
             Msg::ReadIndex { reply } => {
                 if self.has_leader() {
@@ -533,13 +614,23 @@ impl Driver {
 
     /// Proposes now if a leader is known (raft-rs forwards a follower's proposal to it), else
     /// holds the proposal until one is, or until it has waited `leader_wait` since `since`.
-    fn propose(&mut self, since: Instant, id: u64, data: Vec<u8>, waiter: Waiter) {
+    fn propose(&mut self, since: Instant, id: u64, payload: Payload, waiter: Waiter) {
         if !self.has_leader() {
-            self.held
-                .push_back((since, Held::Propose { id, data, waiter }));
+            self.held.push_back((
+                since,
+                Held::Propose {
+                    id,
+                    payload,
+                    waiter,
+                },
+            ));
             return;
         }
-        match self.node.propose(vec![], data) {
+        let proposed = match payload {
+            Payload::Normal(data) => self.node.propose(vec![], data),
+            Payload::ConfChange(cc) => self.node.propose_conf_change(id.to_be_bytes().to_vec(), cc),
+        };
+        match proposed {
             Ok(()) => {
                 self.proposals.insert(id, waiter);
             }
@@ -556,7 +647,11 @@ impl Driver {
         if self.has_leader() {
             for (since, h) in std::mem::take(&mut self.held) {
                 match h {
-                    Held::Propose { id, data, waiter } => self.propose(since, id, data, waiter),
+                    Held::Propose {
+                        id,
+                        payload,
+                        waiter,
+                    } => self.propose(since, id, payload, waiter),
                     Held::Read(reply) => self.read_waiters.push(reply),
                 }
             }
@@ -686,6 +781,14 @@ impl Driver {
         self.node.advance_apply();
         self.maybe_compact_log()?;
         self.publish();
+        if self.removed {
+            tracing::warn!(
+                local_member_id = format!("{:x}", self.cfg.id),
+                "the member has been permanently removed from the cluster; the data-dir used by \
+                 this member must be removed before it joins again"
+            );
+            return Err(Error::Removed);
+        }
         Ok(())
     }
 
@@ -738,6 +841,33 @@ impl Driver {
                     EntryType::EntryConfChange => {
                         let cc: ConfChange = decode(&e.data)?;
                         self.apply_conf_change(wtx, &cc)?;
+                        let change = membership::apply_conf_change(
+                            wtx,
+                            cc.get_change_type(),
+                            cc.node_id,
+                            &cc.context,
+                        )?;
+                        match change {
+                            Some(membership::Change::Added(m)) => {
+                                self.transport.add_peer(m.id, m.peer_ur_ls)
+                            }
+                            Some(membership::Change::Removed(id)) => {
+                                self.transport.remove_peer(id);
+                                if id == self.cfg.id {
+                                    self.removed = true;
+                                }
+                            }
+                            None => {}
+                        }
+                        let id = e
+                            .context
+                            .as_ref()
+                            .try_into()
+                            .map(u64::from_be_bytes)
+                            .unwrap_or(0);
+                        if let Some(waiter) = self.proposals.remove(&id) {
+                            replies.push((waiter, Outcome::Member(Ok(()))));
+                        }
                     }
                     EntryType::EntryConfChangeV2 => {
                         let cc: ConfChangeV2 = decode(&e.data)?;
@@ -801,6 +931,8 @@ impl Driver {
             applied: self.applied,
             last_index: r.raft_log.last_index(),
             is_leader: r.state == StateRole::Leader,
+            is_learner: r.prs().conf().learners().contains(&self.cfg.id),
+            removed: self.removed,
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

@@ -21,6 +21,12 @@ use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership;
 use crate::mvcc::ReadView;
 use crate::proto::concordpb::{InternalRequest, MemberAttrSet, internal_request::Request};
+use crate::proto::etcdserverpb::MemberPromoteRequest;
+use crate::proto::etcdserverpb::cluster_client::ClusterClient;
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashResponse, alarm_request::AlarmAction,
+};
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
     PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse,
@@ -34,6 +40,7 @@ use crate::proto::etcdserverpb::{
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
 use crate::transport::{PeerService, Transport};
 use crate::watch::WatchHub;
+use raft::prelude::{ConfChange, ConfChangeType};
 
 /// etcd's default backend quota when `--quota-backend-bytes` is 0: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
@@ -56,6 +63,8 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Auto-compaction policy, if enabled.
     pub auto_compaction: Option<crate::compactor::Policy>,
+    /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
+    pub strict_reconfig_check: bool,
     pub raft: RaftConfig,
 }
 
@@ -66,8 +75,7 @@ pub struct EtcdServer {
     raft: RaftHandle,
     hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
-    /// Links to the other members (kept for membership changes).
-    #[allow(dead_code)]
+    /// Links to the other members (membership changes check who is connected).
     transport: Arc<Transport>,
     next_id: AtomicU64,
 }
@@ -161,6 +169,9 @@ impl EtcdServer {
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        if !req.serializable && self.raft.status().is_learner {
+            return Err(Error::NotSupportedForLearner);
+        }
         if !req.serializable {
             self.linearizable_read_barrier().await?;
         }
@@ -169,34 +180,66 @@ impl EtcdServer {
         Ok(resp)
     }
 
-    fn quota(&self) -> i64 {
-        if self.cfg.quota_backend_bytes <= 0 {
-            DEFAULT_QUOTA_BYTES
-        } else {
-            self.cfg.quota_backend_bytes
+    /// The backend quota in bytes: `--quota-backend-bytes`, etcd's default for 0, none (`None`)
+    /// when negative, as etcd.
+    fn quota(&self) -> Option<i64> {
+        match self.cfg.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q => Some(q),
         }
     }
 
-    /// Whether the backend has outgrown `--quota-backend-bytes` (etcd's NOSPACE condition).
-    pub fn over_quota(&self) -> bool {
-        self.backend.size() as i64 > self.quota()
+    /// etcd's `backendQuota.Cost`: what a request may add to the backend (0 = nothing).
+    fn quota_cost(request: &Request) -> i64 {
+        const KV_OVERHEAD: i64 = 256;
+        const LEASE_OVERHEAD: i64 = 64;
+        let put = |p: &PutRequest| KV_OVERHEAD + (p.key.len() + p.value.len()) as i64;
+        let branch = |ops: &[crate::proto::etcdserverpb::RequestOp]| -> i64 {
+            ops.iter()
+                .map(|op| match &op.request {
+                    Some(crate::proto::etcdserverpb::request_op::Request::RequestPut(p)) => put(p),
+                    _ => 0,
+                })
+                .sum()
+        };
+        match request {
+            Request::Put(p) => put(p),
+            Request::Txn(t) => branch(&t.success).max(branch(&t.failure)),
+            Request::LeaseGrant(_) => LEASE_OVERHEAD,
+            _ => 0,
+        }
     }
 
-    fn check_quota(&self, data_len: usize) -> Result<()> {
-        if self.backend.size() as i64 + data_len as i64 > self.quota() {
-            return Err(Error::NoSpace);
+    /// etcd's quota check in front of Put, Txn and LeaseGrant: a request that would take the
+    /// backend to its quota raises the NOSPACE alarm (through raft) and fails.
+    async fn check_quota(&self, request: &Request) -> Result<()> {
+        let cost = Self::quota_cost(request);
+        let Some(quota) = self.quota() else {
+            return Ok(());
+        };
+        if cost == 0 || self.backend.size() as i64 + cost < quota {
+            return Ok(());
         }
-        Ok(())
+        let raise = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.cfg.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self.submit(Request::Alarm(raise)).await {
+            tracing::warn!(error = %e, "failed to raise the NOSPACE alarm");
+        }
+        Err(Error::NoSpace)
     }
 
     async fn propose(&self, request: Request) -> Result<Applied> {
+        self.check_quota(&request).await?;
+        self.submit(request).await
+    }
+
+    /// Proposes `request` as is and waits until it is applied.
+    async fn submit(&self, request: Request) -> Result<Applied> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let writes = match &request {
-            Request::Put(_) | Request::DeleteRange(_) => true,
-            Request::Txn(t) => !apply::txn_is_read_only(t),
-            Request::LeaseGrant(_) => true,
-            Request::Compaction(_) | Request::LeaseRevoke(_) | Request::MemberAttrSet(_) => false,
-        };
         let data = InternalRequest {
             id,
             request: Some(request),
@@ -204,9 +247,6 @@ impl EtcdServer {
         .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
-        }
-        if writes {
-            self.check_quota(data.len())?;
         }
         let (tx, rx) = oneshot::channel();
         self.raft.send(Msg::Propose {
@@ -386,23 +426,139 @@ impl EtcdServer {
         }
     }
 
-    /// `Maintenance.Status` of this member.
+    /// `Maintenance.Status` of this member. `errors` lists a missing leader and every raised
+    /// alarm in etcd's words (`memberID:<id> alarm:NOSPACE `).
     pub fn status(&self) -> Result<StatusResponse> {
         let st = self.raft.status();
-        let view = self.read_view()?;
+        // Each read below opens and closes its own transaction (see `Backend::db`).
+        let is_learner = self.is_learner()?;
+        let mut errors = Vec::new();
+        if st.leader == 0 {
+            errors.push(Error::NoLeader.to_string());
+        }
+        for a in self.alarms()? {
+            errors.push(alarm_text(&a));
+        }
         let size = self.backend.size() as i64;
         Ok(StatusResponse {
-            header: Some(self.header(crate::mvcc::KvRead::revs(&view).current)),
+            header: Some(self.header(self.read_revs()?.current)),
             version: crate::ETCD_VERSION.to_string(),
             db_size: size,
             leader: st.leader,
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: vec![],
+            errors,
             db_size_in_use: size,
-            is_learner: self.is_learner()?,
+            is_learner,
         })
+    }
+
+    /// Current and compaction revisions of the last applied state.
+    pub fn read_revs(&self) -> Result<crate::mvcc::Revs> {
+        Ok(crate::mvcc::KvRead::revs(&self.read_view()?))
+    }
+
+    /// The raised alarms in the applied state, in (member id, alarm) order.
+    pub fn alarms(&self) -> Result<Vec<AlarmMember>> {
+        let rtx = self.backend.db().begin_read()?;
+        let t = rtx.open_table(crate::backend::ALARMS)?;
+        let mut out = Vec::new();
+        for item in redb::ReadableTable::iter(&t)? {
+            let (k, _) = item?;
+            let (member_id, alarm) = k.value();
+            out.push(AlarmMember { member_id, alarm });
+        }
+        Ok(out)
+    }
+
+    /// `Maintenance.Alarm`: GET lists the raised alarms (all, or those of one type) after a
+    /// linearizable barrier; ACTIVATE and DEACTIVATE go through raft, as in etcd.
+    pub async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse> {
+        let mut resp = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                self.linearizable_read_barrier().await?;
+                let alarms = self
+                    .alarms()?
+                    .into_iter()
+                    .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                    .collect();
+                AlarmResponse {
+                    header: Some(self.header(self.read_revs()?.current)),
+                    alarms,
+                }
+            }
+            _ => match self.submit(Request::Alarm(req)).await? {
+                Applied::Alarm(r) => r,
+                other => return Err(mismatch(other)),
+            },
+        };
+        for a in &resp.alarms {
+            if AlarmAction::try_from(req.action) != Ok(AlarmAction::Get) {
+                tracing::warn!(
+                    alarm = %alarm_text(a),
+                    action = ?AlarmAction::try_from(req.action),
+                    "alarm changed"
+                );
+            }
+        }
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// The backend of this member (maintenance: hashes, snapshots, defragmentation).
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Backend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || f(&backend))
+            .await
+            .map_err(|e| Error::Storage(format!("maintenance task failed: {e}")))?
+    }
+
+    /// `Maintenance.Hash`: see `hash::hash`.
+    pub async fn hash(&self) -> Result<HashResponse> {
+        let (hash, rev) = self.blocking(crate::hash::hash).await?;
+        Ok(HashResponse {
+            header: Some(self.header(rev)),
+            hash,
+        })
+    }
+
+    /// `Maintenance.HashKV`: see `hash::hash_kv`.
+    pub async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse> {
+        let h = self
+            .blocking(move |b| crate::hash::hash_kv(b, req.revision))
+            .await?;
+        Ok(HashKvResponse {
+            header: Some(self.header(h.current)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        })
+    }
+
+    /// `Maintenance.Defragment`: compacts the database file (see `Backend::defragment`).
+    pub async fn defragment(&self) -> Result<DefragmentResponse> {
+        tracing::info!("starting defragment");
+        let (before, after) = self.blocking(|b| b.defragment()).await?;
+        tracing::info!(
+            current_db_size_bytes_diff = after as i64 - before as i64,
+            current_db_size_bytes = after,
+            "finished defragment"
+        );
+        Ok(DefragmentResponse {
+            header: Some(self.header(self.current_rev())),
+        })
+    }
+
+    /// Writes a snapshot file of the applied state (see `snapshot::create`).
+    pub async fn snapshot(&self) -> Result<crate::snapshot::SnapshotFile> {
+        self.blocking(crate::snapshot::create).await
     }
 
     /// The members of the cluster as this member knows them, sorted by id.
@@ -412,15 +568,17 @@ impl EtcdServer {
 
     /// Whether this member is a learner.
     pub fn is_learner(&self) -> Result<bool> {
-        Ok(self
-            .members()?
-            .iter()
-            .any(|m| m.id == self.cfg.member_id && m.is_learner))
+        Ok(self.raft.status().is_learner)
     }
 
     /// The peer service of this member (incoming raft messages).
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.cfg.member_id, self.cfg.cluster_id, self.raft.sender())
+        PeerService::new(
+            self.cfg.member_id,
+            self.cfg.cluster_id,
+            self.raft.sender(),
+            self.backend.clone(),
+        )
     }
 
     /// Proposes a membership request and waits until it is applied.
@@ -477,6 +635,257 @@ impl EtcdServer {
     }
 }
 
+/// Membership changes (etcd's `AddMember`, `RemoveMember`, `PromoteMember`), with etcd's checks:
+/// the `--strict-reconfig-check` quorum rules, at most one learner, unique peer URLs, and
+/// promotion only of a learner whose log is within 90% of the leader's.
+impl EtcdServer {
+    /// Proposes a raft conf change and waits until it is applied.
+    async fn propose_conf_change(&self, cc: ConfChange) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.raft
+            .send(Msg::ProposeConfChange { id, cc, reply: tx })?;
+        tokio::time::timeout(self.cfg.request_timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Adds a member (a learner, or a voter) with `peer_urls`; returns it and the new list.
+    pub async fn member_add(
+        &self,
+        peer_urls: &[String],
+        is_learner: bool,
+    ) -> Result<(Member, Vec<Member>)> {
+        let mut urls = Vec::with_capacity(peer_urls.len());
+        for u in peer_urls {
+            let parsed = url::Url::parse(u).map_err(|_| Error::MemberBadUrls)?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.port().is_none()
+                || parsed.path() != "/"
+            {
+                return Err(Error::MemberBadUrls);
+            }
+            urls.push(crate::ids::url_string(&parsed));
+        }
+        if urls.is_empty() {
+            return Err(Error::MemberBadUrls);
+        }
+        urls.sort();
+        let members = self.members()?;
+        if self.cfg.strict_reconfig_check && !is_learner && !ready_to_add_voter(&members) {
+            return Err(Error::MemberNotEnoughStarted);
+        }
+        if self.cfg.strict_reconfig_check && !self.connected_fully(&members) {
+            return Err(Error::Unhealthy);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // etcd's MemberAdd: no cluster name, the time in seconds.
+        let id = crate::ids::member_id(&urls, "", Some(now));
+        // etcd's ValidateConfigurationChange, in its order.
+        if members.iter().any(|m| m.id == id) {
+            return Err(Error::MemberExist);
+        }
+        if members
+            .iter()
+            .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)))
+        {
+            return Err(Error::PeerUrlExist);
+        }
+        if is_learner && members.iter().any(|m| m.is_learner) {
+            return Err(Error::TooManyLearners);
+        }
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: urls,
+            client_ur_ls: vec![],
+            is_learner,
+        };
+        let change_type = if is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        self.propose_conf_change(ConfChange {
+            change_type,
+            node_id: id,
+            context: member.encode_to_vec().into(),
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(
+            member_id = format!("{id:x}"),
+            peer_urls = %member.peer_ur_ls.join(","),
+            is_learner,
+            "added member"
+        );
+        Ok((member, self.members()?))
+    }
+
+    /// Removes member `id`; returns the new list.
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>> {
+        let members = self.members()?;
+        let Some(m) = members.iter().find(|m| m.id == id) else {
+            return Err(Error::MemberNotFound);
+        };
+        if self.cfg.strict_reconfig_check && !m.is_learner {
+            if !ready_to_remove_voter(&members, id) {
+                return Err(Error::MemberNotEnoughStarted);
+            }
+            // A member that is down is safe to remove; otherwise the rest must keep a quorum.
+            let down = id != self.cfg.member_id && self.transport.active_since(id).is_none();
+            let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+            let active = self.connected_since_health_interval(&voters);
+            if !down && active - 1 < 1 + (voters.len() - 1) / 2 {
+                return Err(Error::Unhealthy);
+            }
+        }
+        self.propose_conf_change(ConfChange {
+            change_type: ConfChangeType::RemoveNode,
+            node_id: id,
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(member_id = format!("{id:x}"), "removed member");
+        self.members()
+    }
+
+    /// Promotes learner `id` to a voter; returns the new list. Only the leader knows whether
+    /// the learner caught up, so another member forwards the request to the leader.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>> {
+        let members = self.members()?;
+        let Some(m) = members.iter().find(|m| m.id == id) else {
+            return Err(Error::MemberNotFound);
+        };
+        if !m.is_learner {
+            return Err(Error::MemberNotLearner);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.raft.send(Msg::Progress { reply: tx })?;
+        let Some(progress) = rx.await.map_err(|_| Error::Stopped)? else {
+            return self.forward_promote(id, &members).await;
+        };
+        let leader_match = progress.get(&self.cfg.member_id).copied().unwrap_or(0);
+        let learner_match = progress.get(&id).copied().unwrap_or(0);
+        // etcd's readyPercent: the learner must have 90% of the leader's log.
+        if (learner_match as f64) < (leader_match as f64) * 0.9 {
+            return Err(Error::LearnerNotReady);
+        }
+        if self.cfg.strict_reconfig_check && !ready_to_promote(&members) {
+            return Err(Error::MemberNotEnoughStarted);
+        }
+        let mut promoted = m.clone();
+        promoted.is_learner = false;
+        self.propose_conf_change(ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: id,
+            context: promoted.encode_to_vec().into(),
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(member_id = format!("{id:x}"), "promoted learner to voter");
+        self.members()
+    }
+
+    /// Voting members (this one included) whose stream has worked for etcd's health interval.
+    fn connected_since_health_interval(&self, voters: &[&Member]) -> usize {
+        let since = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+        voters
+            .iter()
+            .filter(|m| {
+                m.id == self.cfg.member_id
+                    || self
+                        .transport
+                        .active_since(m.id)
+                        .is_some_and(|t| since.is_none_or(|s| t <= s))
+            })
+            .count()
+    }
+
+    /// etcd's `isConnectedFullySince`: every voting member connected for the health interval.
+    fn connected_fully(&self, members: &[Member]) -> bool {
+        let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+        self.connected_since_health_interval(&voters) == voters.len()
+    }
+
+    /// Asks the leader (on its client URLs) to promote `id`.
+    async fn forward_promote(&self, id: u64, members: &[Member]) -> Result<Vec<Member>> {
+        let leader = self.raft.status().leader;
+        let Some(urls) = members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.client_ur_ls.clone())
+        else {
+            return Err(Error::NoLeader);
+        };
+        for url in urls {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else {
+                continue;
+            };
+            let Ok(channel) = endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(self.cfg.request_timeout)
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            let mut client = ClusterClient::new(channel);
+            return match client.member_promote(MemberPromoteRequest { id }).await {
+                Ok(r) => Ok(r.into_inner().members),
+                Err(s) => Err(Error::from_status(&s)),
+            };
+        }
+        Err(Error::Timeout)
+    }
+}
+
+/// etcd's `HealthInterval`: how long members must have been connected before a membership
+/// change counts them.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// etcd's `IsStarted`: a member that published its name.
+fn started(m: &Member) -> bool {
+    !m.name.is_empty()
+}
+
+/// etcd's `IsReadyToAddVotingMember`.
+fn ready_to_add_voter(members: &[Member]) -> bool {
+    let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+    let nmembers = voters.len() + 1;
+    let nstarted = voters.iter().filter(|m| started(m)).count();
+    // Adding a second member to a one-member cluster (restoring data) is allowed.
+    if nstarted == 1 && nmembers == 2 {
+        return true;
+    }
+    // At least a quorum (nmembers / 2 + 1) started.
+    nstarted > nmembers / 2
+}
+
+/// etcd's `IsReadyToRemoveVotingMember`.
+fn ready_to_remove_voter(members: &[Member], id: u64) -> bool {
+    let rest: Vec<&Member> = members
+        .iter()
+        .filter(|m| !m.is_learner && m.id != id)
+        .collect();
+    let nstarted = rest.iter().filter(|m| started(m)).count();
+    nstarted > rest.len() / 2
+}
+
+/// etcd's `IsReadyToPromoteMember` (the learner counts as a started voter).
+fn ready_to_promote(members: &[Member]) -> bool {
+    let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+    let nmembers = voters.len() + 1;
+    let nstarted = voters.iter().filter(|m| started(m)).count() + 1;
+    // At least a quorum (nmembers / 2 + 1) started.
+    nstarted > nmembers / 2
+}
+
 impl crate::compactor::Target for Arc<EtcdServer> {
     fn current_rev(&self) -> i64 {
         self.read_view()
@@ -499,6 +908,14 @@ impl crate::compactor::Target for Arc<EtcdServer> {
         .await
         .map(|_| ())
     }
+}
+
+/// An alarm as etcd prints it (gogoproto's compact text of `AlarmMember`).
+pub fn alarm_text(a: &AlarmMember) -> String {
+    let name = AlarmType::try_from(a.alarm)
+        .map(|t| t.as_str_name().to_string())
+        .unwrap_or_else(|_| a.alarm.to_string());
+    format!("memberID:{} alarm:{name} ", a.member_id)
 }
 
 fn mismatch(a: Applied) -> Error {

@@ -13,7 +13,9 @@
 //!
 //! Incoming: [`PeerService`] checks every envelope's cluster id and destination (a member of
 //! another cluster is refused with FAILED_PRECONDITION and a message naming both ids) and hands
-//! each decoded message to the raft loop as [`Msg::Step`].
+//! each decoded message to the raft loop as [`Msg::Step`]. It also answers `Members` (the
+//! members table and cluster id), which a member joining with `--initial-cluster-state=existing`
+//! asks of the others through [`fetch_members`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Sender;
@@ -29,10 +31,12 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::peer_server::{Peer, PeerServer};
-use crate::proto::concordpb::{RaftEnvelope, StreamAck};
+use crate::proto::concordpb::{MembersRequest, MembersResponse, RaftEnvelope, StreamAck};
+use crate::proto::etcdserverpb::Member;
 use crate::raft::Msg;
 
 /// Messages queued for one member before new ones are dropped.
@@ -51,15 +55,21 @@ pub struct Transport {
     local: u64,
     cluster: u64,
     shared: Arc<Shared>,
-    peers: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    /// Each remote member's peer URLs and queue.
+    peers: Mutex<HashMap<u64, PeerLink>>,
     rt: tokio::runtime::Handle,
 }
+
+/// A remote member's peer URLs and the queue of its link task.
+type PeerLink = (Vec<String>, mpsc::Sender<Message>);
 
 /// State shared with the peer tasks.
 #[derive(Default)]
 struct Shared {
     /// Members whose messages could not be delivered since the raft loop last asked.
     unreachable: Mutex<HashSet<u64>>,
+    /// Members with a working stream, and since when.
+    active: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Shared {
@@ -82,10 +92,15 @@ impl Transport {
         })
     }
 
-    /// Starts sending to member `id` at `peer_urls` (replacing an earlier link to it). Messages
-    /// to this member itself are never sent.
+    /// Starts sending to member `id` at `peer_urls` (replacing an earlier link to it with other
+    /// URLs). Messages to this member itself are never sent.
     pub fn add_peer(&self, id: u64, peer_urls: Vec<String>) {
         if id == self.local {
+            return;
+        }
+        if let Ok(peers) = self.peers.lock()
+            && peers.get(&id).is_some_and(|(urls, _)| *urls == peer_urls)
+        {
             return;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
@@ -93,13 +108,13 @@ impl Transport {
             to: id,
             from: self.local,
             cluster: self.cluster,
-            urls: peer_urls,
+            urls: peer_urls.clone(),
             shared: self.shared.clone(),
         };
         self.rt.spawn(link.run(rx));
         if let Ok(mut peers) = self.peers.lock() {
             // Dropping a previous sender ends the previous task.
-            peers.insert(id, tx);
+            peers.insert(id, (peer_urls, tx));
         }
     }
 
@@ -122,7 +137,7 @@ impl Transport {
         for m in msgs {
             let to = m.to;
             match peers.get(&to) {
-                Some(q) => {
+                Some((_, q)) => {
                     if q.try_send(m).is_err() {
                         self.shared.report_unreachable(to);
                     }
@@ -133,6 +148,11 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Since when the stream to member `id` has been working (`None`: it is not).
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.shared.active.lock().ok()?.get(&id).copied()
     }
 
     /// Members reported unreachable since the last call.
@@ -180,6 +200,9 @@ impl Link {
                 Ok(channel) => {
                     if !active {
                         active = true;
+                        if let Ok(mut a) = self.shared.active.lock() {
+                            a.insert(self.to, Instant::now());
+                        }
                         tracing::info!(
                             remote_peer_id = format!("{:x}", self.to),
                             "peer became active"
@@ -195,6 +218,9 @@ impl Link {
             };
             if active {
                 active = false;
+                if let Ok(mut a) = self.shared.active.lock() {
+                    a.remove(&self.to);
+                }
                 tracing::warn!(
                     remote_peer_id = format!("{:x}", self.to),
                     error = %reason,
@@ -332,15 +358,18 @@ pub struct PeerService {
     local: u64,
     cluster: u64,
     raft: Sender<Msg>,
+    backend: Arc<Backend>,
 }
 
 impl PeerService {
-    /// The service of member `local` in cluster `cluster`, stepping messages into `raft`.
-    pub fn new(local: u64, cluster: u64, raft: Sender<Msg>) -> PeerService {
+    /// The service of member `local` in cluster `cluster`, stepping messages into `raft` and
+    /// listing the members of `backend`.
+    pub fn new(local: u64, cluster: u64, raft: Sender<Msg>, backend: Arc<Backend>) -> PeerService {
         PeerService {
             local,
             cluster,
             raft,
+            backend,
         }
     }
 
@@ -397,6 +426,51 @@ impl Peer for PeerService {
         }
         Ok(Response::new(StreamAck {}))
     }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> std::result::Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.cluster,
+            members: crate::membership::list(&self.backend)?,
+        }))
+    }
+}
+
+/// Asks the members at `peer_urls` (in turn, until one answers) for the cluster id and members.
+pub async fn fetch_members(peer_urls: &[String]) -> Result<(u64, Vec<Member>)> {
+    let mut errors = Vec::new();
+    for url in peer_urls {
+        let endpoint = match Endpoint::from_shared(url.clone()) {
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5)),
+            Err(e) => {
+                errors.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{url}: {}", error_chain(&e)));
+                continue;
+            }
+        };
+        match PeerClient::new(channel).members(MembersRequest {}).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                return Ok((r.cluster_id, r.members));
+            }
+            Err(s) => errors.push(format!("{url}: {}", s.message())),
+        }
+    }
+    Err(Error::DataDir(format!(
+        "cannot fetch the cluster's members from any peer in --initial-cluster ({}); a member \
+         joining with --initial-cluster-state=existing needs a running member to ask",
+        errors.join("; ")
+    )))
 }
 
 /// Serves the peer service on `listener` until `shutdown` resolves.

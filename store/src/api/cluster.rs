@@ -1,11 +1,16 @@
-//! `etcdserverpb.Cluster`: `MemberList` (the members table, as every member holds it). Member
-//! changes (add, remove, update, promote) answer gRPC `Unimplemented` until they land.
+//! `etcdserverpb.Cluster`: `MemberList` (the members table, as every member holds it),
+//! `MemberAdd` (voter or learner), `MemberRemove` and `MemberPromote`, with etcd's rules and
+//! errors (in `server`). `MemberUpdate` answers gRPC `Unimplemented` until it lands.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::proto::etcdserverpb::{MemberListRequest, MemberListResponse, cluster_server::Cluster};
+use crate::proto::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    cluster_server::Cluster,
+};
 use crate::server::EtcdServer;
 
 /// The Cluster service of one member.
@@ -21,6 +26,40 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = req.into_inner();
+        let (member, members) = self
+            .server
+            .member_add(&req.peer_ur_ls, req.is_learner)
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.server.header(0)),
+            // etcd answers the new member with its id, peer URLs and learner flag only.
+            member: Some(Member {
+                id: member.id,
+                name: String::new(),
+                peer_ur_ls: member.peer_ur_ls,
+                client_ur_ls: vec![],
+                is_learner: member.is_learner,
+            }),
+            members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let members = self.server.member_remove(req.into_inner().id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.server.header(0)),
+            members,
+        }))
+    }
+
     async fn member_list(
         &self,
         req: Request<MemberListRequest>,
@@ -33,6 +72,17 @@ impl Cluster for ClusterService {
         Ok(Response::new(MemberListResponse {
             header: Some(self.server.header(0)),
             members: self.server.members()?,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let members = self.server.member_promote(req.into_inner().id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.server.header(0)),
+            members,
         }))
     }
 }

@@ -1,15 +1,31 @@
-//! `etcdserverpb.Maintenance`: `Status`, and `Alarm` listing (etcdctl's health check needs it). Every other rpc answers gRPC `Unimplemented`
-//! (the generated default) until the maintenance issue lands.
+//! `etcdserverpb.Maintenance`: Status, Alarm (list, raise, disarm), Defragment, Hash, HashKV and
+//! Snapshot, with etcd 3.5's semantics (`api/v3rpc/maintenance.go`). MoveLeader belongs to the
+//! clustering work and Downgrade is not implemented: both answer gRPC `Unimplemented` (the
+//! generated defaults).
+//!
+//! Snapshot streams the file `snapshot::create` writes in 32 KiB chunks with `remaining_bytes`,
+//! then one more message holding the SHA-256 of everything sent, as etcd does.
 
+use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
 use crate::proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, maintenance_server::Maintenance,
 };
 use crate::server::EtcdServer;
+
+/// Blob size of one snapshot message (etcd's `snapshotSendBufferSize`).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// The Maintenance service of one member.
 pub struct MaintenanceService {
@@ -22,33 +38,93 @@ impl MaintenanceService {
     }
 }
 
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// Sends the snapshot file in chunks, then its digest; runs on a blocking thread.
+fn stream_file(
+    file: crate::snapshot::SnapshotFile,
+    tx: mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let fail = |e: std::io::Error| {
+        let _ = tx.blocking_send(Err(
+            Error::Storage(format!("cannot read snapshot: {e}")).into()
+        ));
+    };
+    let mut f = match std::fs::File::open(file.path()) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let total = match f.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return fail(e),
+    };
+    tracing::info!(total_bytes = total, "sending database snapshot to client");
+    let mut sent = 0u64;
+    let mut h = Sha256::new();
+    while sent < total {
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((total - sent) as usize)];
+        if let Err(e) = f.read_exact(&mut buf) {
+            return fail(e);
+        }
+        sent += buf.len() as u64;
+        h.update(&buf);
+        let resp = SnapshotResponse {
+            header: None,
+            remaining_bytes: total - sent,
+            blob: buf,
+        };
+        if tx.blocking_send(Ok(resp)).is_err() {
+            return;
+        }
+    }
+    let digest = SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: h.finalize().to_vec(),
+    };
+    if tx.blocking_send(Ok(digest)).is_ok() {
+        tracing::info!(
+            total_bytes = total,
+            "successfully sent database snapshot to client"
+        );
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.server.status()?))
     }
 
-    /// Lists alarms. concord raises NOSPACE while the backend is over its quota; raising or
-    /// disarming alarms by hand is not implemented yet and says so.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let req = req.into_inner();
-        if AlarmAction::try_from(req.action) != Ok(AlarmAction::Get) {
-            return Err(Status::unimplemented(
-                "concord: activating or deactivating alarms is not implemented yet",
-            ));
-        }
-        let alarms = if self.server.over_quota() {
-            vec![AlarmMember {
-                member_id: self.server.config().member_id,
-                alarm: AlarmType::Nospace as i32,
-            }]
-        } else {
-            vec![]
-        };
-        let rev = self.server.read_view()?;
-        Ok(Response::new(AlarmResponse {
-            header: Some(self.server.header(crate::mvcc::KvRead::revs(&rev).current)),
-            alarms,
-        }))
+        Ok(Response::new(self.server.alarm(req.into_inner()).await?))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Ok(Response::new(self.server.defragment().await?))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Ok(Response::new(self.server.hash().await?))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Ok(Response::new(self.server.hash_kv(req.into_inner()).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let file = self.server.snapshot().await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || stream_file(file, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -7,10 +7,13 @@
 
 pub mod authority;
 pub mod cluster;
+pub mod election;
+pub mod gateway;
 pub mod http;
 pub mod interceptor;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
@@ -23,6 +26,8 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::EtcdServer;
 
 /// gRPC's framing overhead that etcd allows on top of `--max-request-bytes`.
@@ -53,13 +58,25 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
     )
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         server.clone(),
-    )));
+    )))
+    .add_service(
+        LockServer::new(lock::LockService::new(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ElectionServer::new(election::ElectionService::new(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    );
+    let gateway = gateway::router(grpc.clone(), max_recv);
     grpc.into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             interceptor::require_leader,
         ))
         .merge(http::router(server))
+        .merge(gateway)
 }
 
 /// How long a shutdown waits for open connections (watch streams never end by themselves).

@@ -1,0 +1,963 @@
+//! Multi-process clusters on loopback: 3- and 5-member clusters bootstrapped from flags, writes
+//! through every member, linearizable reads on one member after a write on another, the leader
+//! `kill -9`ed (or frozen with SIGSTOP) while clients write, every member `kill -9`ed and
+//! restarted, a member cut off
+//! from the majority (no leader: `hasleader` requests and proposals fail with etcd's error), and
+//! `etcdctl member list` / `endpoint status --cluster` compared with a real etcd 3.5 cluster, and
+//! the learner lifecycle driven by etcdctl (`member add --learner`, join with
+//! `--initial-cluster-state=existing`, `member promote`, `member remove`) with etcd's refusals,
+//! run against concord and against etcd 3.5 with the same assertions.
+//!
+//! Every wait is on a condition with a generous deadline; nothing asserts on timing. Every test
+//! name contains `cluster`, so nextest runs them one at a time (`.config/nextest.toml`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use concord_store::proto::etcdserverpb::cluster_client::ClusterClient;
+use concord_store::proto::etcdserverpb::kv_client::KvClient;
+use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord_store::proto::etcdserverpb::{
+    MemberListRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
+use concord_tests::{Cluster, Etcdctl, Normalizer, ServerKind, line_diff, random_u64};
+use tonic::transport::{Channel, Endpoint};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn channel(endpoint: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+async fn put(endpoint: &str, key: &str, value: &str) -> Result<()> {
+    KvClient::new(channel(endpoint)?)
+        .put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("put {key} via {endpoint}"))?;
+    Ok(())
+}
+
+async fn get(endpoint: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>> {
+    let resp = KvClient::new(channel(endpoint)?)
+        .range(RangeRequest {
+            key: key.into(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("get {key} via {endpoint}"))?
+        .into_inner();
+    Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+async fn status(endpoint: &str) -> Result<StatusResponse> {
+    Ok(MaintenanceClient::new(channel(endpoint)?)
+        .status(StatusRequest {})
+        .await
+        .with_context(|| format!("status of {endpoint}"))?
+        .into_inner())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index of the member every reachable member names as leader, once they agree.
+async fn agreed_leader(cluster: &Cluster, among: &[usize]) -> Result<usize> {
+    let endpoints = cluster.endpoints();
+    wait_for(
+        "one leader all members agree on",
+        Duration::from_secs(30),
+        || {
+            let endpoints = endpoints.clone();
+            async move {
+                let mut leaders = HashSet::new();
+                let mut ids = HashMap::new();
+                for &i in among {
+                    let st = status(&endpoints[i]).await?;
+                    leaders.insert(st.leader);
+                    ids.insert(st.header.context("status without header")?.member_id, i);
+                }
+                if leaders.len() != 1 {
+                    return Ok(None);
+                }
+                let leader = leaders.into_iter().next().unwrap_or(0);
+                Ok(ids.get(&leader).copied())
+            }
+        },
+    )
+    .await
+}
+
+// ------------------------------------------------------------------------------------------
+// Bootstrap, writes through every member, linearizable reads across members
+// ------------------------------------------------------------------------------------------
+
+fn bootstrap_writes_and_reads(kind: ServerKind, size: usize) -> Result<()> {
+    let mut cluster = Cluster::start(kind, size)?;
+    let rt = runtime()?;
+    let endpoints = cluster.endpoints();
+    rt.block_on(async {
+        // Every member lists every member, with the client URLs each one published.
+        for ep in &endpoints {
+            let resp = wait_for(
+                "every member's client URLs",
+                Duration::from_secs(20),
+                || {
+                    let ep = ep.clone();
+                    async move {
+                        let r = ClusterClient::new(channel(&ep)?)
+                            .member_list(MemberListRequest {
+                                linearizable: false,
+                            })
+                            .await?
+                            .into_inner();
+                        Ok(r.members
+                            .iter()
+                            .all(|m| !m.client_ur_ls.is_empty())
+                            .then_some(r))
+                    }
+                },
+            )
+            .await?;
+            ensure!(resp.members.len() == size, "{ep}: {:?}", resp.members);
+            let mut listed: Vec<(String, Vec<String>, Vec<String>, bool)> = resp
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.peer_ur_ls.clone(),
+                        m.client_ur_ls.clone(),
+                        m.is_learner,
+                    )
+                })
+                .collect();
+            listed.sort();
+            let expected: Vec<_> = cluster
+                .members
+                .iter()
+                .map(|s| {
+                    (
+                        s.name().to_owned(),
+                        vec![s.peer_url()],
+                        vec![s.endpoint()],
+                        false,
+                    )
+                })
+                .collect();
+            ensure!(
+                listed == expected,
+                "{ep} lists {listed:?}, expected {expected:?}"
+            );
+            let ids: Vec<u64> = resp.members.iter().map(|m| m.id).collect();
+            ensure!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "not sorted by id: {ids:x?}"
+            );
+        }
+        // One cluster id, one leader.
+        let leader = agreed_leader(&cluster, &(0..size).collect::<Vec<_>>()).await?;
+        let mut cluster_ids = HashSet::new();
+        for ep in &endpoints {
+            let st = status(ep).await?;
+            cluster_ids.insert(st.header.map(|h| h.cluster_id).unwrap_or(0));
+            ensure!(!st.is_learner && st.raft_term >= 2, "{ep}: {st:?}");
+        }
+        ensure!(
+            cluster_ids.len() == 1,
+            "cluster ids differ: {cluster_ids:x?}"
+        );
+        eprintln!("leader is m{leader}");
+
+        // A write through each member is visible at once to a linearizable read on every member.
+        let nonce = random_u64();
+        for (i, w) in endpoints.iter().enumerate() {
+            let key = format!("via/m{i}");
+            let value = format!("v{i}-{nonce:x}");
+            put(w, &key, &value).await?;
+            for r in &endpoints {
+                let got = get(r, &key, false).await?;
+                ensure!(
+                    got.as_deref() == Some(value.as_bytes()),
+                    "linearizable read on {r} after a put via {w}: {got:?}"
+                );
+            }
+        }
+        // Serializable reads are local, and catch up.
+        for r in &endpoints {
+            let key = format!("via/m{}", size - 1);
+            let want = format!("v{}-{nonce:x}", size - 1);
+            wait_for(
+                "a serializable read to catch up",
+                Duration::from_secs(10),
+                || {
+                    let (r, key, want) = (r.clone(), key.clone(), want.clone());
+                    async move {
+                        Ok(
+                            (get(&r, &key, true).await?.as_deref() == Some(want.as_bytes()))
+                                .then_some(()),
+                        )
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if kind == ServerKind::Concord {
+        no_leader_on_a_lone_member(&mut cluster, &rt)?;
+    }
+    Ok(())
+}
+
+/// Kills every member but the first: once it knows no leader, require-leader requests and
+/// proposals fail with Unavailable `etcdserver: no leader`; serializable reads still work.
+fn no_leader_on_a_lone_member(cluster: &mut Cluster, rt: &tokio::runtime::Runtime) -> Result<()> {
+    for m in &mut cluster.members[1..] {
+        m.kill9()?;
+    }
+    let ep = cluster.members[0].endpoint();
+    rt.block_on(async {
+        wait_for(
+            "the lone member to lose its leader",
+            Duration::from_secs(30),
+            || {
+                let ep = ep.clone();
+                async move { Ok((status(&ep).await?.leader == 0).then_some(())) }
+            },
+        )
+        .await?;
+        // Require-leader: refused at once.
+        let mut req = tonic::Request::new(RangeRequest {
+            key: b"via/m0".to_vec(),
+            serializable: true,
+            ..Default::default()
+        });
+        req.metadata_mut().insert("hasleader", "true".parse()?);
+        let err = KvClient::new(channel(&ep)?)
+            .range(req)
+            .await
+            .err()
+            .context("a require-leader read succeeded without a leader")?;
+        ensure!(
+            err.code() == tonic::Code::Unavailable && err.message() == "etcdserver: no leader",
+            "require-leader: {err:?}"
+        );
+        // Without the metadata a serializable read is served locally.
+        ensure!(get(&ep, "via/m0", true).await?.is_some());
+        // A proposal waits a little for a leader, then fails with etcd's error.
+        let err = KvClient::new(channel(&ep)?)
+            .put(PutRequest {
+                key: b"no/leader".to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .context("a put succeeded without a leader")?;
+        ensure!(
+            err.code() == tonic::Code::Unavailable && err.message() == "etcdserver: no leader",
+            "put without a leader: {err:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn cluster3_bootstrap_writes_and_linearizable_reads_concord() -> Result<()> {
+    bootstrap_writes_and_reads(ServerKind::Concord, 3)
+}
+
+#[test]
+fn cluster5_bootstrap_writes_and_linearizable_reads_concord() -> Result<()> {
+    bootstrap_writes_and_reads(ServerKind::Concord, 5)
+}
+
+#[test]
+fn cluster3_bootstrap_writes_and_linearizable_reads_etcd35() -> Result<()> {
+    bootstrap_writes_and_reads(ServerKind::Etcd35, 3)
+}
+
+// ------------------------------------------------------------------------------------------
+// Writers and the ledger of acknowledged writes
+// ------------------------------------------------------------------------------------------
+
+const PREFIX: &str = "cluster/";
+const WRITERS: usize = 6;
+const MAX_PUTS_PER_WRITER: u64 = 2_000;
+
+/// Every put a writer attempted, and the ones a member acknowledged.
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<(Vec<u8>, Vec<u8>)>,
+    attempted: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+struct Writers {
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts writers spread over `endpoints`; a writer whose member fails moves to the next.
+    fn start(rt: &tokio::runtime::Runtime, endpoints: &[String]) -> Writers {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..WRITERS)
+            .map(|id| rt.spawn(writer(id, endpoints.to_vec(), ledger.clone(), stop.clone())))
+            .collect();
+        Writers {
+            ledger,
+            stop,
+            tasks,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.ledger.lock().unwrap().acked.len()
+    }
+
+    /// Waits until at least `n` writes are acknowledged.
+    fn wait_acked(&self, n: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while self.acked() < n {
+            ensure!(
+                start.elapsed() < timeout,
+                "only {} of {n} writes acknowledged after {timeout:?}",
+                self.acked()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn finish(self, rt: &tokio::runtime::Runtime) -> Result<Arc<Mutex<Ledger>>> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            rt.block_on(t)?;
+        }
+        Ok(self.ledger)
+    }
+}
+
+/// Writes `cluster/<writer>/<seq>` = a unique value, one at a time. Each key is attempted once,
+/// so an acknowledged key has exactly one possible value.
+async fn writer(
+    id: usize,
+    endpoints: Vec<String>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let nonce = random_u64();
+    let mut at = id % endpoints.len();
+    let mut client: Option<KvClient<Channel>> = None;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) && seq < MAX_PUTS_PER_WRITER {
+        let key = format!("{PREFIX}{id:02}/{seq:06}").into_bytes();
+        let value = format!("v-{id}-{seq}-{nonce:016x}").into_bytes();
+        seq += 1;
+        let kv = match &mut client {
+            Some(c) => c,
+            None => match channel(&endpoints[at]) {
+                Ok(ch) => client.insert(KvClient::new(ch)),
+                Err(_) => {
+                    at = (at + 1) % endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        ledger
+            .lock()
+            .unwrap()
+            .attempted
+            .insert(key.clone(), value.clone());
+        let req = PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        match kv.put(req).await {
+            Ok(_) => ledger.lock().unwrap().acked.push((key, value)),
+            Err(_) => {
+                // Member down or without a leader: try the next member.
+                client = None;
+                at = (at + 1) % endpoints.len();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// Checks on `endpoint` (linearizable read) that every acknowledged write is there with its
+/// value and that nothing there was never attempted. Returns the number of acknowledged writes.
+async fn verify(endpoint: &str, ledger: &Mutex<Ledger>) -> Result<usize> {
+    let acked = ledger.lock().unwrap().acked.clone();
+    let resp = KvClient::new(channel(endpoint)?)
+        .max_decoding_message_size(64 << 20)
+        .range(RangeRequest {
+            key: PREFIX.into(),
+            range_end: prefix_end(PREFIX.as_bytes()),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("range over the written keys on {endpoint}"))?
+        .into_inner();
+    let stored: HashMap<Vec<u8>, Vec<u8>> =
+        resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let attempted = ledger.lock().unwrap().attempted.clone();
+    let missing: Vec<String> = acked
+        .iter()
+        .filter(|(k, v)| stored.get(k) != Some(v))
+        .take(20)
+        .map(|(k, v)| {
+            format!(
+                "{} acked as {:?}, stored {:?}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v),
+                stored
+                    .get(k)
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+            )
+        })
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{endpoint}: acknowledged writes lost or wrong (of {}), e.g.:\n{}",
+        acked.len(),
+        missing.join("\n")
+    );
+    for (k, v) in &stored {
+        ensure!(
+            attempted.get(k) == Some(v),
+            "{endpoint}: stored {} = {:?} was never written",
+            String::from_utf8_lossy(k),
+            String::from_utf8_lossy(v)
+        );
+    }
+    Ok(acked.len())
+}
+
+// ------------------------------------------------------------------------------------------
+// Failures
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn cluster3_leader_kill9_while_writing_elects_a_new_leader_concord() -> Result<()> {
+    let mut cluster = Cluster::start(ServerKind::Concord, 3)?;
+    let rt = runtime()?;
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    let old = rt.block_on(agreed_leader(&cluster, &all))?;
+    let old_id = rt
+        .block_on(status(&cluster.members[old].endpoint()))?
+        .header
+        .map(|h| h.member_id)
+        .unwrap_or(0);
+    let writers = Writers::start(&rt, &cluster.endpoints());
+    writers.wait_acked(200, Duration::from_secs(60))?;
+
+    cluster.members[old].kill9()?;
+    let at_kill = writers.acked();
+    eprintln!("killed leader m{old} after {at_kill} acknowledged writes");
+    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+    let new = rt.block_on(agreed_leader(&cluster, &survivors))?;
+    let new_id = rt
+        .block_on(status(&cluster.members[new].endpoint()))?
+        .header
+        .map(|h| h.member_id)
+        .unwrap_or(0);
+    ensure!(new_id != old_id, "the killed member is still the leader");
+    eprintln!("m{new} leads now");
+    // Writes resume under the new leader.
+    writers.wait_acked(writers.acked() + 200, Duration::from_secs(60))?;
+
+    // The old leader comes back as a follower and catches up.
+    cluster.members[old].restart_no_wait()?;
+    cluster.members[old].wait_ready()?;
+    writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
+    let ledger = writers.finish(&rt)?;
+    for ep in cluster.endpoints() {
+        let n = rt.block_on(verify(&ep, &ledger))?;
+        eprintln!("{ep}: all {n} acknowledged writes present");
+    }
+    Ok(())
+}
+
+#[test]
+fn cluster3_paused_leader_is_replaced_and_catches_up_concord() -> Result<()> {
+    let cluster = Cluster::start(ServerKind::Concord, 3)?;
+    let rt = runtime()?;
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    let old = rt.block_on(agreed_leader(&cluster, &all))?;
+    let writers = Writers::start(&rt, &cluster.endpoints());
+    writers.wait_acked(100, Duration::from_secs(60))?;
+
+    // A frozen leader is, to the others, a partitioned one.
+    cluster.members[old].pause()?;
+    eprintln!(
+        "paused leader m{old} after {} acknowledged writes",
+        writers.acked()
+    );
+    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+    let new = rt.block_on(agreed_leader(&cluster, &survivors))?;
+    ensure!(new != old, "the paused member still leads");
+    writers.wait_acked(writers.acked() + 200, Duration::from_secs(60))?;
+
+    // Back, it follows the new leader and catches up.
+    cluster.members[old].resume()?;
+    let leader = rt.block_on(agreed_leader(&cluster, &all))?;
+    ensure!(leader != old, "the resumed member took over again at once");
+    writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
+    let ledger = writers.finish(&rt)?;
+    for ep in cluster.endpoints() {
+        let n = rt.block_on(verify(&ep, &ledger))?;
+        eprintln!("{ep}: all {n} acknowledged writes present");
+    }
+    Ok(())
+}
+
+#[test]
+fn cluster3_kill9_every_member_and_restart_loses_nothing_concord() -> Result<()> {
+    let mut cluster = Cluster::start(ServerKind::Concord, 3)?;
+    let rt = runtime()?;
+    let writers = Writers::start(&rt, &cluster.endpoints());
+    for round in 0..2 {
+        writers.wait_acked(writers.acked() + 200, Duration::from_secs(60))?;
+        for m in &mut cluster.members {
+            m.kill9()?;
+        }
+        let acked = writers.acked();
+        eprintln!("round {round}: killed every member after {acked} acknowledged writes");
+        for m in &mut cluster.members {
+            m.restart_no_wait()?;
+        }
+        for m in &mut cluster.members {
+            m.wait_ready()
+                .with_context(|| format!("restarting {} in round {round}", m.name()))?;
+        }
+        for ep in cluster.endpoints() {
+            let n = rt.block_on(verify(&ep, &writers.ledger))?;
+            ensure!(n >= acked, "{ep}: {n} < {acked}");
+        }
+    }
+    writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
+    let ledger = writers.finish(&rt)?;
+    for ep in cluster.endpoints() {
+        let n = rt.block_on(verify(&ep, &ledger))?;
+        eprintln!("{ep}: all {n} acknowledged writes present");
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// etcdctl against a 3-member concord cluster and a 3-member etcd 3.5 cluster
+// ------------------------------------------------------------------------------------------
+
+/// (command, columns blanked in table/fields output, `-w simple` headers and blanked columns).
+struct CtlCase {
+    args: &'static [&'static str],
+    simple: Option<(&'static [&'static str], &'static [&'static str])>,
+}
+
+const MEMBER_COLUMNS: &[&str] = &[
+    "ID",
+    "STATUS",
+    "NAME",
+    "PEER ADDRS",
+    "CLIENT ADDRS",
+    "IS LEARNER",
+];
+const STATUS_COLUMNS: &[&str] = &[
+    "ENDPOINT",
+    "ID",
+    "VERSION",
+    "DB SIZE",
+    "IS LEADER",
+    "IS LEARNER",
+    "RAFT TERM",
+    "RAFT INDEX",
+    "RAFT APPLIED INDEX",
+    "ERRORS",
+];
+/// Inherent to a run: ids (derived from addresses), sizes, raft positions, which member leads,
+/// and the term (how many election rounds bootstrapping took).
+const BLANKED: &[&str] = &[
+    "ID",
+    "DB SIZE",
+    "IS LEADER",
+    "RAFT TERM",
+    "RAFT INDEX",
+    "RAFT APPLIED INDEX",
+];
+
+fn ctl_cases() -> Vec<CtlCase> {
+    vec![
+        CtlCase {
+            args: &["member", "list"],
+            simple: Some((MEMBER_COLUMNS, &["ID"])),
+        },
+        CtlCase {
+            args: &["member", "list", "-w", "table"],
+            simple: None,
+        },
+        CtlCase {
+            args: &["endpoint", "status", "--cluster"],
+            simple: Some((STATUS_COLUMNS, BLANKED)),
+        },
+        CtlCase {
+            args: &["endpoint", "status", "--cluster", "-w", "table"],
+            simple: None,
+        },
+        CtlCase {
+            args: &["endpoint", "health", "--cluster", "-w", "table"],
+            simple: None,
+        },
+        CtlCase {
+            args: &["endpoint", "health", "--cluster"],
+            simple: None,
+        },
+    ]
+}
+
+/// Runs every case against `cluster` (through its first member), normalised: each member's
+/// address replaced by its name, inherent columns blanked, rows sorted (etcd lists members by
+/// id, and ids derive from the addresses).
+fn ctl_outputs(cluster: &Cluster) -> Result<Vec<(String, String)>> {
+    let mut n = Normalizer::new()
+        .blank(BLANKED)
+        .blank(&["took", "TOOK"])
+        .blank_after("took = ");
+    for m in &cluster.members {
+        n = n.replace(
+            format!("http://{}:", m.ip()),
+            format!("http://<{}>:", m.name()),
+        );
+    }
+    let ep = cluster.members[0].endpoint();
+    // Both columns of `endpoint status` may differ, so count leaders separately.
+    let leaders = Etcdctl::V35.run(&ep, ["endpoint", "status", "--cluster"], None)?;
+    let lines = leaders.stdout_text();
+    let count = lines
+        .lines()
+        .filter(|l| l.split(", ").nth(4) == Some("true"))
+        .count();
+    ensure!(count == 1, "leaders in endpoint status: {lines}");
+    let mut out = Vec::new();
+    for case in ctl_cases() {
+        let mut n = n.clone();
+        if let Some((headers, blank)) = case.simple {
+            n = n.blank_simple_columns(headers, blank);
+        }
+        let o = Etcdctl::V35.run(&ep, case.args, None)?;
+        let mut lines: Vec<String> = n
+            .apply(&o.stdout_text())
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        out.push((
+            format!("etcdctl {}", case.args.join(" ")),
+            format!(
+                "exit {:?}\n{}\nstderr: {}",
+                o.code,
+                lines.join("\n"),
+                n.apply(&o.stderr_text())
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+#[test]
+fn cluster3_etcdctl_member_list_and_endpoint_status_match_etcd35() -> Result<()> {
+    let expected = {
+        let etcd = Cluster::start(ServerKind::Etcd35, 3)?;
+        ctl_outputs(&etcd)?
+    };
+    let concord = Cluster::start(ServerKind::Concord, 3)?;
+    let actual = ctl_outputs(&concord)?;
+    let mut diffs = Vec::new();
+    for ((cmd, e), (_, a)) in expected.iter().zip(&actual) {
+        if e != a {
+            diffs.push(format!("{cmd}:\n{}", line_diff(e, a)));
+        }
+    }
+    ensure!(
+        diffs.is_empty(),
+        "concord differs from etcd 3.5 (- etcd, + concord):\n{}",
+        diffs.join("\n")
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Membership changes driven by etcdctl: learner lifecycle, etcd's refusals
+// ------------------------------------------------------------------------------------------
+
+/// Runs etcdctl 3.5 against `endpoint`; returns (success, stdout, stderr).
+fn ctl(endpoint: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let o = Etcdctl::V35.run(endpoint, args, None)?;
+    Ok((o.success(), o.stdout_text(), o.stderr_text()))
+}
+
+/// etcdctl must fail with `message` (etcd's error text) on stderr.
+fn ctl_fails(endpoint: &str, args: &[&str], message: &str) -> Result<()> {
+    let (ok, out, err) = ctl(endpoint, args)?;
+    ensure!(
+        !ok && err.contains(&format!("Error: {message}")),
+        "etcdctl {} should fail with {message:?}; stdout {out:?}, stderr {err:?}",
+        args.join(" ")
+    );
+    Ok(())
+}
+
+/// Runs a membership change, retrying while etcd's strict reconfiguration check answers
+/// `unhealthy cluster` (members must have been connected for 5 s).
+fn ctl_reconfig(endpoint: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let start = Instant::now();
+    loop {
+        let r = ctl(endpoint, args)?;
+        if r.0 || !r.2.contains("etcdserver: unhealthy cluster") {
+            return Ok(r);
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "still unhealthy: etcdctl {}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The value of `KEY="value"` in etcdctl's `member add` output.
+fn env_line(out: &str, key: &str) -> Result<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=\"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .map(str::to_owned)
+        .with_context(|| format!("no {key} in {out:?}"))
+}
+
+fn learner_lifecycle(kind: ServerKind) -> Result<()> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    let ep = cluster.members[0].endpoint();
+    let ip = concord_tests::LoopbackIp::claim()?;
+    let peer = format!("http://{}:{}", ip.ip(), concord_tests::PEER_PORT);
+
+    // Add a learner; etcdctl prints the new member's environment.
+    let (ok, out, err) = ctl_reconfig(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer}"),
+        ],
+    )?;
+    ensure!(ok, "member add --learner: {out} {err}");
+    let first = out.lines().next().unwrap_or_default();
+    ensure!(
+        first.starts_with("Member ") && first.contains(" added to cluster "),
+        "member add: {out}"
+    );
+    let id = first
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let initial_cluster = env_line(&out, "ETCD_INITIAL_CLUSTER")?;
+    ensure!(
+        env_line(&out, "ETCD_INITIAL_CLUSTER_STATE")? == "existing",
+        "{out}"
+    );
+    ensure!(
+        initial_cluster.contains(&format!("m3={peer}")),
+        "{initial_cluster}"
+    );
+
+    // etcd's refusals.
+    let other = concord_tests::LoopbackIp::claim()?;
+    let other_peer = format!("http://{}:{}", other.ip(), concord_tests::PEER_PORT);
+    ctl_fails(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m4",
+            "--learner",
+            &format!("--peer-urls={other_peer}"),
+        ],
+        "etcdserver: too many learner members in cluster",
+    )?;
+    ctl_fails(
+        &ep,
+        // Another URL too, so the id (from the URLs and the second) differs from the learner's.
+        &[
+            "member",
+            "add",
+            "dup",
+            &format!("--peer-urls={peer},{other_peer}"),
+        ],
+        "etcdserver: Peer URLs already exists",
+    )?;
+    ctl_fails(
+        &ep,
+        &["member", "promote", &id],
+        "etcdserver: can only promote a learner member which is in sync with leader",
+    )?;
+    ctl_fails(
+        &ep,
+        &["member", "remove", "1234"],
+        "etcdserver: member not found",
+    )?;
+    let voter = ctl(&ep, &["member", "list"])?
+        .1
+        .lines()
+        .find(|l| l.contains(", m0, "))
+        .and_then(|l| l.split(", ").next())
+        .map(str::to_owned)
+        .context("m0 in member list")?;
+    ctl_fails(
+        &ep,
+        &["member", "promote", &voter],
+        "etcdserver: can only promote a learner member",
+    )?;
+
+    // Start the learner; it joins, catches up and publishes itself.
+    let mut learner = concord_tests::Server::builder(kind)
+        .name("m3")
+        .ip(ip)
+        .initial_cluster(initial_cluster)
+        .arg("--initial-cluster-state=existing")
+        .arg(format!("--initial-cluster-token={}", cluster.token))
+        .no_wait()
+        .start()?;
+    learner.wait_ready()?;
+    let rt = runtime()?;
+    let lep = learner.endpoint();
+    rt.block_on(wait_for(
+        "the learner to publish itself",
+        Duration::from_secs(30),
+        || {
+            let ep = ep.clone();
+            async move {
+                let (_, out, _) = ctl(&ep, &["member", "list"])?;
+                Ok(out
+                    .lines()
+                    .any(|l| l.contains(", started, m3, ") && l.ends_with(", true"))
+                    .then_some(()))
+            }
+        },
+    ))?;
+    // A learner serves serializable reads only.
+    let (ok, _, err) = ctl(&lep, &["get", "k", "--consistency=s"])?;
+    ensure!(ok, "serializable get on the learner: {err}");
+    ctl_fails(
+        &lep,
+        &["get", "k"],
+        "etcdserver: rpc not supported for learner",
+    )?;
+    ctl_fails(
+        &lep,
+        &["put", "k", "v"],
+        "etcdserver: rpc not supported for learner",
+    )?;
+
+    // Promote once it has caught up.
+    let promoted = rt.block_on(wait_for(
+        "the learner's promotion",
+        Duration::from_secs(30),
+        || {
+            let (ep, id) = (ep.clone(), id.clone());
+            async move {
+                let (ok, out, err) = ctl(&ep, &["member", "promote", &id])?;
+                if ok {
+                    return Ok(Some(out));
+                }
+                ensure!(err.contains("in sync with leader"), "promote: {err}");
+                Ok(None)
+            }
+        },
+    ))?;
+    ensure!(
+        promoted.starts_with(&format!("Member {id} promoted in cluster ")),
+        "{promoted}"
+    );
+    let (ok, _, err) = ctl(&lep, &["put", "via-m3", "v"])?;
+    ensure!(ok, "put via the promoted member: {err}");
+    let (_, out, _) = ctl(&ep, &["get", "via-m3", "--print-value-only"])?;
+    ensure!(out == "v\n", "read via m0: {out:?}");
+
+    // Remove it: the removed member stops itself.
+    let (ok, out, err) = ctl_reconfig(&ep, &["member", "remove", &id])?;
+    ensure!(
+        ok && out.starts_with(&format!("Member {id} removed from cluster ")),
+        "{out} {err}"
+    );
+    let start = Instant::now();
+    while learner.is_running() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the removed member keeps running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, out, _) = ctl(&ep, &["member", "list"])?;
+    ensure!(out.lines().count() == 3 && !out.contains(", m3, "), "{out}");
+    let (ok, _, err) = ctl(&ep, &["put", "after-remove", "v"])?;
+    ensure!(ok, "put after remove: {err}");
+    cluster.members.push(learner);
+    Ok(())
+}
+
+#[test]
+fn cluster3_learner_add_promote_remove_with_etcdctl_concord() -> Result<()> {
+    learner_lifecycle(ServerKind::Concord)
+}
+
+#[test]
+fn cluster3_learner_add_promote_remove_with_etcdctl_etcd35() -> Result<()> {
+    learner_lifecycle(ServerKind::Etcd35)
+}

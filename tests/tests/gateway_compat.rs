@@ -1,0 +1,193 @@
+//! The gRPC-JSON gateway against etcd 3.5.16 (the reference) and concord: the `curl` requests of
+//! etcd's gateway documentation (base64 keys, proto and lowerCamel field names, 64-bit integers
+//! as strings or numbers, enum names), plus errors and a streaming watch, each sent with curl to
+//! both servers. HTTP status codes and JSON bodies must match, with the header fields that
+//! differ between two servers (cluster and member ids) and database sizes blanked; JSON is
+//! compared as values (key order and whitespace are free).
+//!
+//! Run against etcd itself (validates the test): `CONCORD_BIN=$ETCD35_BIN_DIR/etcd`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use concord_tests::{Server, ServerKind, line_diff};
+use serde_json::Value;
+
+const KINDS: [ServerKind; 2] = [ServerKind::Etcd35, ServerKind::Concord];
+
+/// Blanks the fields that legitimately differ between two servers, at any depth.
+fn normalize(v: &mut Value) {
+    const BLANKED: [&str; 7] = [
+        "cluster_id",
+        "member_id",
+        "dbSize",
+        "dbSizeInUse",
+        "leader",
+        "raftIndex",
+        "raftAppliedIndex",
+    ];
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if BLANKED.contains(&k.as_str()) {
+                    *x = Value::String("<blanked>".into());
+                } else {
+                    normalize(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// `curl -X <method> -d <body> <endpoint><path>`: HTTP status and body.
+fn curl(method: &str, endpoint: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(["-d", body])
+        .arg(format!("{endpoint}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("no status line")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// One exchange, rendered for comparison.
+fn exchange(method: &str, endpoint: &str, path: &str, body: &str) -> Result<String> {
+    let (code, text) = curl(method, endpoint, path, body)?;
+    let shown = match serde_json::from_str::<Value>(&text) {
+        Ok(mut v) => {
+            // Parse errors are Go's and serde's own words; the code is what clients check.
+            if path.ends_with("range") && body == "garbage" {
+                v["message"] = "<parse error>".into();
+            }
+            normalize(&mut v);
+            serde_json::to_string_pretty(&v)?
+        }
+        Err(_) => text,
+    };
+    Ok(format!(
+        "$ curl -X {method} {path} -d '{body}'\nHTTP {code}\n{shown}\n"
+    ))
+}
+
+fn session(kind: ServerKind) -> Result<String> {
+    let server = Server::start(kind)?;
+    let ep = server.endpoint();
+    let steps: &[(&str, &str, &str)] = &[
+        ("POST", "/v3/kv/put", r#"{"key": "Zm9v", "value": "YmFy"}"#),
+        ("POST", "/v3/kv/range", r#"{"key": "Zm9v"}"#),
+        (
+            "POST",
+            "/v3/kv/put",
+            r#"{"key": "Zm9vMg==", "value": "YmF6", "prev_kv": true}"#,
+        ),
+        (
+            "POST",
+            "/v3/kv/range",
+            r#"{"key": "Zm9v", "range_end": "Zm9w", "sort_order": "DESCEND", "limit": "1"}"#,
+        ),
+        (
+            "POST",
+            "/v3/kv/range",
+            r#"{"key": "Zm9v", "rangeEnd": "Zm9w", "sortTarget": 3, "keys_only": true}"#,
+        ),
+        (
+            "POST",
+            "/v3/kv/txn",
+            r#"{"compare":[{"target":"CREATE","key":"Zm9v","createRevision":"2"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}"#,
+        ),
+        (
+            "POST",
+            "/v3/kv/txn",
+            r#"{"compare":[{"target":"VALUE","key":"Zm9v","value":"bm8="}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+        ),
+        ("POST", "/v3/lease/grant", r#"{"TTL": 30, "ID": 100}"#),
+        (
+            "POST",
+            "/v3/kv/put",
+            r#"{"key": "bGVhc2Vk", "value": "eA==", "lease": "100"}"#,
+        ),
+        (
+            "POST",
+            "/v3/lease/timetolive",
+            r#"{"ID": 100, "keys": true}"#,
+        ),
+        ("POST", "/v3/kv/lease/leases", "{}"),
+        ("POST", "/v3/lease/revoke", r#"{"ID": 100}"#),
+        ("POST", "/v3/lease/revoke", r#"{"ID": 100}"#),
+        (
+            "POST",
+            "/v3/kv/deleterange",
+            r#"{"key": "Zm9vMg==", "prev_kv": true}"#,
+        ),
+        ("POST", "/v3/kv/compaction", r#"{"revision": "3"}"#),
+        ("POST", "/v3/kv/compaction", r#"{"revision": 1000}"#),
+        ("POST", "/v3/kv/range", r#"{"key": "Zm9v", "revision": 2}"#),
+        ("POST", "/v3/kv/range", r#"{"key": ""}"#),
+        ("POST", "/v3/kv/range", "garbage"),
+        ("GET", "/v3/kv/range", ""),
+        ("POST", "/v3/maintenance/status", "{}"),
+        ("POST", "/v3/maintenance/alarm", r#"{"action": "GET"}"#),
+        (
+            "POST",
+            "/v3/lock/lock",
+            r#"{"name": "bG9jaw==", "lease": "12345"}"#,
+        ),
+        ("POST", "/v3/election/leader", r#"{"name": "ZWxlY3Rpb24="}"#),
+    ];
+    let mut t = String::new();
+    for (method, path, body) in steps {
+        t.push_str(&exchange(method, &ep, path, body)?);
+    }
+    // A streaming watch: created, then one put and one delete, as newline-delimited JSON.
+    let watch = Command::new("curl")
+        .args(["-sN", "--max-time", "3", "-X", "POST"])
+        .args(["-d", r#"{"create_request": {"key": "d2F0Y2hlZA=="}}"#])
+        .arg(format!("{ep}/v3/watch"))
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    curl(
+        "POST",
+        &ep,
+        "/v3/kv/put",
+        r#"{"key": "d2F0Y2hlZA==", "value": "MQ=="}"#,
+    )?;
+    curl(
+        "POST",
+        &ep,
+        "/v3/kv/deleterange",
+        r#"{"key": "d2F0Y2hlZA=="}"#,
+    )?;
+    let out = watch.wait_with_output()?;
+    t.push_str("$ curl -N -X POST /v3/watch (3 s)\n");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut v: Value = serde_json::from_str(line).with_context(|| format!("{line:?}"))?;
+        normalize(&mut v);
+        t.push_str(&format!("{v}\n"));
+    }
+    Ok(t)
+}
+
+#[test]
+fn gateway_answers_like_etcd() {
+    let want = session(KINDS[0]).expect("etcd");
+    let got = session(KINDS[1]).expect("concord");
+    eprintln!("{want}");
+    assert!(want.contains("\"events\""), "{want}");
+    assert_eq!(want, got, "\n{}", line_diff(&want, &got));
+}
