@@ -20,9 +20,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse, compare, range_request,
-    request_op, response_op,
+    LeaseCheckpointResponse, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare, range_request, request_op, response_op,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -35,6 +35,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
     Alarm(AlarmResponse),
 }
 
@@ -81,9 +82,18 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
                 header: header(rev),
             })
         }),
+        Some(Request::LeaseCheckpoint(c)) => c
+            .checkpoints
+            .iter()
+            .try_for_each(|cp| lease::checkpoint(tables, cp.id, cp.remaining_ttl, c.persist))
+            .map(|()| {
+                Applied::LeaseCheckpoint(LeaseCheckpointResponse {
+                    header: header(tables.revs().current),
+                })
+            }),
         Some(Request::Alarm(a)) => alarm(tables, &a).map(Applied::Alarm),
         // The raft loop hands membership requests to `membership`; one reaching here is a bug.
-        Some(Request::MemberAttrSet(_)) => Err(Error::Raft(
+        Some(Request::MemberAttrSet(_) | Request::MemberUpdate(_)) => Err(Error::Raft(
             "membership request reached the key-value applier".into(),
         )),
         None => Err(Error::Raft("empty internal request".into())),

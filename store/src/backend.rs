@@ -79,6 +79,12 @@ pub const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("
 /// `membership`.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 
+/// Ids of removed members (etcd's `members_removed` bucket): member id -> (). Written only by
+/// applied MemberRemove conf changes; the peer service refuses messages from these ids, so a
+/// removed member restarted on its old data dir learns it was removed and stops. Owned by
+/// `membership`.
+pub const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
+
 /// Raised alarms (etcd's `alarm` bucket): (member id, `etcdserverpb.AlarmType` number) -> ().
 /// Written only by applied `AlarmRequest` entries, so every member holds the same rows.
 pub const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
@@ -119,7 +125,8 @@ impl Backend {
         })?;
         let path = dir.join("store.redb");
         let db = Database::builder()
-            .set_cache_size(256 << 20)
+            // Hot pages only: the OS page cache holds the rest, and RSS stays small.
+            .set_cache_size(64 << 20)
             .create(&path)
             .map_err(|e| {
                 Error::DataDir(format!(
@@ -163,6 +170,7 @@ impl Backend {
             wtx.open_table(KV_HISTORY)?;
             wtx.open_table(KV_CHANGES)?;
             wtx.open_table(MEMBERS)?;
+            wtx.open_table(MEMBERS_REMOVED)?;
             wtx.open_table(LEASES)?;
             wtx.open_table(LEASE_KEYS)?;
             wtx.open_table(ALARMS)?;

@@ -117,6 +117,14 @@ pub struct Config {
     pub force_new_cluster: bool,
     /// `--experimental-watch-progress-notify-interval` (etcd's default 10m).
     pub watch_progress_notify_interval: Duration,
+    /// `--experimental-enable-lease-checkpoint`.
+    pub lease_checkpoint: bool,
+    /// `--experimental-enable-lease-checkpoint-persist` (requires `lease_checkpoint`).
+    pub lease_checkpoint_persist: bool,
+    /// Interval between lease checkpoints: etcd's embed-only `LeaseCheckpointInterval` (5m).
+    /// etcd 3.5 has no flag for it, so neither has concord; the environment variable
+    /// [`LEASE_CHECKPOINT_INTERVAL_ENV`] (a Go duration) sets it, for tests and experiments.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl Default for Config {
@@ -151,6 +159,9 @@ impl Default for Config {
             listen_metrics_urls: Vec::new(),
             force_new_cluster: false,
             watch_progress_notify_interval: Duration::from_secs(600),
+            lease_checkpoint: false,
+            lease_checkpoint_persist: false,
+            lease_checkpoint_interval: Duration::from_secs(300),
         }
     }
 }
@@ -334,6 +345,8 @@ pub const ACTED_ON: &[&str] = &[
     "auto-compaction-mode",
     "auto-compaction-retention",
     "experimental-watch-progress-notify-interval",
+    "experimental-enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint-persist",
 ];
 
 /// How a flag's value is written and checked (Go's flag value types, and etcd's own).
@@ -565,6 +578,7 @@ static FLAGS: &[Flag] = &[
     flag("experimental-compact-hash-check-time", Dur, "1m", "Interval between compaction hash checks."),
     flag("experimental-enable-lease-checkpoint", Bool, "false", "Leader checkpoints remaining lease TTLs to followers."),
     flag("experimental-enable-lease-checkpoint-persist", Bool, "false", "Persist lease checkpoints (needs --experimental-enable-lease-checkpoint)."),
+    // Not a flag of etcd 3.5's binary (only its embed config's LeaseCheckpointInterval).
     flag("experimental-compaction-batch-limit", Int, "0", "Revisions deleted per compaction batch."),
     flag("experimental-compaction-sleep-interval", Dur, "0s", "Pause between compaction batches."),
     flag("experimental-watch-progress-notify-interval", Dur, "10m0s", "Interval of watch progress notifications."),
@@ -806,9 +820,22 @@ where
         }
         (load_file(&config_file)?, Mode::File)
     };
-    let config = build(&values, mode, &mut warnings)?;
+    let mut config = build(&values, mode, &mut warnings)?;
+    if let Some(raw) = getenv(env, LEASE_CHECKPOINT_INTERVAL_ENV) {
+        let nanos = go_parse_duration(raw).map_err(|_| {
+            invalid(format!(
+                "{LEASE_CHECKPOINT_INTERVAL_ENV}={raw:?} is not a duration; use e.g. 30s or 5m"
+            ))
+        })?;
+        if nanos > 0 {
+            config.lease_checkpoint_interval = Duration::from_nanos(nanos as u64);
+        }
+    }
     Ok(Invocation::Run(Loaded { config, warnings }))
 }
+
+/// Environment variable for the lease checkpoint interval (etcd has no flag for it).
+pub const LEASE_CHECKPOINT_INTERVAL_ENV: &str = "CONCORD_LEASE_CHECKPOINT_INTERVAL";
 
 /// Where the values came from; etcd post-processes the two differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1388,6 +1415,9 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
                 .nanos("experimental-watch-progress-notify-interval")
                 .max(0) as u64,
         ),
+        lease_checkpoint: values.boolean("experimental-enable-lease-checkpoint"),
+        lease_checkpoint_persist: values.boolean("experimental-enable-lease-checkpoint-persist"),
+        lease_checkpoint_interval: Duration::from_secs(300),
         name,
     })
 }
@@ -2236,6 +2266,39 @@ mod tests {
                 env: &[("ETCDCTL_API", "3"), ("PATH", "/bin")],
                 check: |c| assert_eq!(c.name, "default"),
             },
+            TestCase {
+                name: "lease checkpoint defaults",
+                args: &[],
+                env: &[],
+                check: |c| {
+                    assert!(!c.lease_checkpoint && !c.lease_checkpoint_persist);
+                    assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(300));
+                },
+            },
+            TestCase {
+                name: "lease checkpoint flags",
+                args: &[
+                    "--experimental-enable-lease-checkpoint",
+                    "--experimental-enable-lease-checkpoint-persist=true",
+                ],
+                env: &[("CONCORD_LEASE_CHECKPOINT_INTERVAL", "1s")],
+                check: |c| {
+                    assert!(c.lease_checkpoint && c.lease_checkpoint_persist);
+                    assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(1));
+                },
+            },
+            TestCase {
+                name: "lease checkpoint from the environment",
+                args: &[],
+                env: &[
+                    ("ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", "true"),
+                    ("CONCORD_LEASE_CHECKPOINT_INTERVAL", "90s"),
+                ],
+                check: |c| {
+                    assert!(c.lease_checkpoint && !c.lease_checkpoint_persist);
+                    assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(90));
+                },
+            },
         ];
         for case in cases {
             match run(case.args, case.env) {
@@ -2438,6 +2501,13 @@ mod tests {
                 env: &[],
                 text: "--initial-cluster entry \"a\" is not name=URL",
                 exit: 1,
+            },
+            ErrCase {
+                // etcd 3.5 has no such flag (the interval is embed-only).
+                args: &["--experimental-lease-checkpoint-interval=5s"],
+                env: &[],
+                text: "flag provided but not defined: -experimental-lease-checkpoint-interval",
+                exit: 2,
             },
             ErrCase {
                 args: &["--experimental-enable-lease-checkpoint-persist"],

@@ -146,6 +146,9 @@ pub fn server_config(
         auto_compaction: compaction_policy(cfg),
         strict_reconfig_check: cfg.strict_reconfig_check,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
+        lease_checkpoint: cfg.lease_checkpoint,
+        lease_checkpoint_persist: cfg.lease_checkpoint_persist,
+        lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         raft: RaftConfig {
             id: member_id,
             initial_voters: voters,

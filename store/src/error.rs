@@ -73,6 +73,13 @@ pub enum Error {
     NotSupportedForLearner,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// MoveLeader to a member that is not a voting member of the cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader: the transferee did not become leader in time (etcd maps no gRPC code to it,
+    /// so clients see `Unknown`).
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     /// This member was removed from the cluster; it stops.
     #[error("the member has been permanently removed from the cluster")]
     Removed,
@@ -122,7 +129,9 @@ impl Error {
             | MemberNotLearner
             | LearnerNotReady
             | TooManyLearners
-            | NotSupportedForLearner => Code::FailedPrecondition,
+            | NotSupportedForLearner
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            TimeoutLeaderTransfer => Code::Unknown,
             MemberBadUrls => Code::InvalidArgument,
             MemberNotFound => Code::NotFound,
             Unhealthy => Code::Unavailable,

@@ -2,14 +2,23 @@
 //! member's in-memory view of leases with the leader's expiry clocks.
 //!
 //! As in etcd 3.5 (`server/lease/lessor.go`): grants and revokes are raft entries, applied on
-//! every member; only the leader keeps expiry deadlines (set to `now + election timeout + TTL`
-//! when it is promoted, so a new leader refreshes every lease), renews them on keep-alive, and
-//! proposes a revoke through raft when one passes. Followers keep leases forever until told.
-//! Expiry therefore never depends on a follower's clock. Revoking deletes the lease's keys in
-//! one revision. Lease checkpointing (`--experimental-enable-lease-checkpoint`) is not
-//! implemented yet: remaining TTLs restart from the granted TTL on every leader change.
+//! every member; only the leader keeps expiry deadlines (set to `now + election timeout +
+//! remaining TTL` when it is promoted, so a new leader refreshes every lease), renews them on
+//! keep-alive, and proposes a revoke through raft when one passes. Followers keep leases forever
+//! until told. Expiry therefore never depends on a follower's clock. Revoking deletes the lease's
+//! keys in one revision.
+//!
+//! Lease checkpointing (`--experimental-enable-lease-checkpoint`), as etcd's: the leader
+//! schedules a checkpoint `interval` after a grant, a promotion or an applied checkpoint when the
+//! lease's remaining TTL exceeds the interval, and proposes due ones (with their remaining TTL,
+//! rounded up to seconds) through raft in batches of up to [`MAX_CHECKPOINT_BATCH`]. Applying one
+//! sets the lease's remaining TTL on every member, which a new leader then uses instead of the
+//! granted TTL; a keep-alive of a lease with a remaining TTL first proposes resetting it to 0.
+//! With `-persist` the remaining TTL is also written to the `leases` table and survives a
+//! restart; without it a restart starts leases again from their granted TTL.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,11 +33,27 @@ use crate::proto::concordpb::LeaseRecord;
 /// etcd's `MaxLeaseTTL`: 9e9 seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
+/// etcd's `maxLeaseCheckpointBatchSize`: checkpoints per raft entry.
+pub const MAX_CHECKPOINT_BATCH: usize = 1000;
+
+/// etcd's `defaultLeaseCheckpointInterval` (used when the interval is 0).
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
 /// A lease change made by an applied entry, for the lessor once it is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseChange {
-    Granted { id: i64, ttl: i64 },
-    Revoked { id: i64 },
+    Granted {
+        id: i64,
+        ttl: i64,
+    },
+    Revoked {
+        id: i64,
+    },
+    /// A checkpointed remaining TTL in seconds (0 resets it to the granted TTL).
+    Checkpointed {
+        id: i64,
+        remaining_ttl: i64,
+    },
 }
 
 /// Whether lease `id` is granted, as of this transaction.
@@ -47,7 +72,12 @@ pub fn grant(tables: &mut WriteTables<'_>, id: i64, ttl: i64) -> Result<()> {
     if exists(tables, id)? {
         return Err(Error::LeaseExists);
     }
-    let rec = LeaseRecord { id, ttl }.encode_to_vec();
+    let rec = LeaseRecord {
+        id,
+        ttl,
+        remaining_ttl: 0,
+    }
+    .encode_to_vec();
     tables.leases.insert(id, rec.as_slice())?;
     tables.lease_changes.push(LeaseChange::Granted { id, ttl });
     Ok(())
@@ -67,6 +97,32 @@ pub fn revoke(tables: &mut WriteTables<'_>, id: i64) -> Result<i64> {
     tables.leases.remove(id)?;
     tables.lease_changes.push(LeaseChange::Revoked { id });
     Ok(rev)
+}
+
+/// Applies a checkpoint of lease `id` (etcd's `lessor.Checkpoint`): unknown leases are
+/// skipped; with `persist` the remaining TTL is also written to the `leases` table.
+pub fn checkpoint(
+    tables: &mut WriteTables<'_>,
+    id: i64,
+    remaining_ttl: i64,
+    persist: bool,
+) -> Result<()> {
+    let rec = match tables.leases.get(id)? {
+        Some(v) => LeaseRecord::decode(v.value())?,
+        None => return Ok(()),
+    };
+    if persist {
+        let rec = LeaseRecord {
+            remaining_ttl,
+            ..rec
+        }
+        .encode_to_vec();
+        tables.leases.insert(id, rec.as_slice())?;
+    }
+    tables
+        .lease_changes
+        .push(LeaseChange::Checkpointed { id, remaining_ttl });
+    Ok(())
 }
 
 /// Keys attached to lease `id`, in key order.
@@ -105,8 +161,21 @@ pub fn committed_keys(backend: &Backend, id: i64) -> Result<Vec<Vec<u8>>> {
 struct LeaseState {
     /// Granted TTL in seconds.
     ttl: i64,
+    /// Last checkpointed remaining TTL in seconds; 0 when unset (etcd's `remainingTTL`).
+    remaining_ttl: i64,
     /// Leader only: when the lease expires. `None` on followers (forever).
     expiry: Option<Instant>,
+}
+
+impl LeaseState {
+    /// etcd's `Lease.RemainingTTL()`: the checkpointed remaining TTL if set, else the TTL.
+    fn remaining_or_ttl(&self) -> i64 {
+        if self.remaining_ttl > 0 {
+            self.remaining_ttl
+        } else {
+            self.ttl
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,6 +184,23 @@ struct Inner {
     primary: bool,
     /// Expired leases whose revoke is in flight, so each is proposed once.
     revoking: HashSet<i64>,
+    /// Checkpoint interval; `None` when checkpointing is off.
+    checkpoint_interval: Option<Duration>,
+    /// Leader only: scheduled checkpoints, soonest first.
+    checkpoints: BinaryHeap<Reverse<(Instant, i64)>>,
+}
+
+impl Inner {
+    /// etcd's `scheduleCheckpointIfNeeded`: a checkpoint one interval from now, if the lease's
+    /// remaining TTL is longer than the interval (in whole seconds).
+    fn schedule_checkpoint(&mut self, id: i64, now: Instant) {
+        let (Some(interval), Some(l)) = (self.checkpoint_interval, self.leases.get(&id)) else {
+            return;
+        };
+        if l.remaining_or_ttl() > interval.as_secs() as i64 {
+            self.checkpoints.push(Reverse((now + interval, id)));
+        }
+    }
 }
 
 /// This member's leases.
@@ -123,11 +209,13 @@ pub struct Lessor {
 }
 
 impl Lessor {
-    /// Loads the granted leases from the backend (all "forever" until promoted).
-    pub fn load(backend: &Backend) -> Result<Lessor> {
+    /// Loads the granted leases from the backend (all "forever" until promoted), with their
+    /// persisted remaining TTLs. `checkpoint_interval` is `Some` when checkpointing is on (0
+    /// means etcd's default, 5 minutes).
+    pub fn load(backend: &Backend, checkpoint_interval: Option<Duration>) -> Result<Lessor> {
         let rtx = backend.db().begin_read()?;
         let t = rtx.open_table(LEASES)?;
-        let mut inner = Inner::default();
+        let mut inner = Lessor::empty(checkpoint_interval);
         for item in t.iter()? {
             let (_, v) = item?;
             let rec = LeaseRecord::decode(v.value())?;
@@ -135,6 +223,7 @@ impl Lessor {
                 rec.id,
                 LeaseState {
                     ttl: rec.ttl,
+                    remaining_ttl: rec.remaining_ttl,
                     expiry: None,
                 },
             );
@@ -142,6 +231,19 @@ impl Lessor {
         Ok(Lessor {
             inner: Mutex::new(inner),
         })
+    }
+
+    fn empty(checkpoint_interval: Option<Duration>) -> Inner {
+        Inner {
+            checkpoint_interval: checkpoint_interval.map(|i| {
+                if i.is_zero() {
+                    DEFAULT_CHECKPOINT_INTERVAL
+                } else {
+                    i
+                }
+            }),
+            ..Inner::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -155,23 +257,49 @@ impl Lessor {
             match *c {
                 LeaseChange::Granted { id, ttl } => {
                     let expiry = inner.primary.then(|| now + Duration::from_secs(ttl as u64));
-                    inner.leases.insert(id, LeaseState { ttl, expiry });
+                    inner.leases.insert(
+                        id,
+                        LeaseState {
+                            ttl,
+                            remaining_ttl: 0,
+                            expiry,
+                        },
+                    );
+                    if inner.primary {
+                        inner.schedule_checkpoint(id, now);
+                    }
                 }
                 LeaseChange::Revoked { id } => {
                     inner.leases.remove(&id);
                     inner.revoking.remove(&id);
                 }
+                LeaseChange::Checkpointed { id, remaining_ttl } => {
+                    // Only the remaining TTL changes; promotion applies it to the expiry.
+                    if let Some(l) = inner.leases.get_mut(&id) {
+                        l.remaining_ttl = remaining_ttl;
+                        if inner.primary {
+                            inner.schedule_checkpoint(id, now);
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// This member became leader: every lease gets a fresh deadline of `extend + TTL`.
+    /// This member became leader: every lease gets a fresh deadline of `extend` plus its
+    /// remaining TTL (the checkpointed one if set, else the granted TTL).
     pub fn promote(&self, extend: Duration, now: Instant) {
         let mut inner = self.lock();
         inner.primary = true;
         inner.revoking.clear();
-        for l in inner.leases.values_mut() {
-            l.expiry = Some(now + extend + Duration::from_secs(l.ttl as u64));
+        inner.checkpoints.clear();
+        let mut ids = Vec::with_capacity(inner.leases.len());
+        for (id, l) in inner.leases.iter_mut() {
+            l.expiry = Some(now + extend + Duration::from_secs(l.remaining_or_ttl() as u64));
+            ids.push(*id);
+        }
+        for id in ids {
+            inner.schedule_checkpoint(id, now);
         }
     }
 
@@ -180,6 +308,7 @@ impl Lessor {
         let mut inner = self.lock();
         inner.primary = false;
         inner.revoking.clear();
+        inner.checkpoints.clear();
         for l in inner.leases.values_mut() {
             l.expiry = None;
         }
@@ -187,6 +316,15 @@ impl Lessor {
 
     pub fn is_primary(&self) -> bool {
         self.lock().primary
+    }
+
+    /// Whether a keep-alive of `id` must first propose a checkpoint resetting its remaining
+    /// TTL (etcd: checkpointing is on and the lease has a checkpointed remaining TTL).
+    pub fn needs_checkpoint_reset(&self, id: i64) -> bool {
+        let inner = self.lock();
+        inner.primary
+            && inner.checkpoint_interval.is_some()
+            && inner.leases.get(&id).is_some_and(|l| l.remaining_ttl > 0)
     }
 
     /// Keep-alive: restarts the lease's deadline; returns its TTL. Leader only.
@@ -203,17 +341,19 @@ impl Lessor {
         if revoking || l.expiry.is_some_and(|e| e <= now) {
             return Err(Error::LeaseNotFound);
         }
-        l.expiry = Some(now + Duration::from_secs(l.ttl as u64));
+        // etcd's `refresh(0)`: the remaining TTL, which the keep-alive's checkpoint reset to 0.
+        l.expiry = Some(now + Duration::from_secs(l.remaining_or_ttl() as u64));
         Ok(l.ttl)
     }
 
-    /// Remaining and granted TTL in seconds; remaining is the granted TTL on a follower.
+    /// Remaining and granted TTL in seconds. On the leader the remaining TTL runs from its
+    /// deadline; on a follower it is the checkpointed remaining TTL, else the granted TTL.
     pub fn time_to_live(&self, id: i64, now: Instant) -> Option<(i64, i64)> {
         let inner = self.lock();
         let l = inner.leases.get(&id)?;
         let remaining = match l.expiry {
             Some(e) => e.saturating_duration_since(now).as_secs() as i64,
-            None => l.ttl,
+            None => l.remaining_or_ttl(),
         };
         Some((remaining, l.ttl))
     }
@@ -242,6 +382,38 @@ impl Lessor {
             .collect();
         inner.revoking.extend(&expired);
         expired
+    }
+
+    /// Leader only: up to `limit` due checkpoints as `(id, remaining TTL)`, removed from the
+    /// schedule (etcd's `findDueScheduledCheckpoints`). Leases gone, expired, or with a
+    /// remaining TTL not below their TTL are dropped; applying a checkpoint schedules the next.
+    pub fn take_due_checkpoints(&self, now: Instant, limit: usize) -> Vec<(i64, i64)> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        if !inner.primary {
+            return out;
+        }
+        while out.len() < limit {
+            let Some(&Reverse((at, id))) = inner.checkpoints.peek() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            inner.checkpoints.pop();
+            let Some(l) = inner.leases.get(&id) else {
+                continue;
+            };
+            let Some(expiry) = l.expiry.filter(|e| now < *e) else {
+                continue;
+            };
+            let remaining = (expiry - now).as_nanos().div_ceil(1_000_000_000) as i64;
+            if remaining >= l.ttl {
+                continue;
+            }
+            out.push((id, remaining));
+        }
+        out
     }
 
     /// A revoke proposal failed: let the expiry loop try again.
@@ -294,5 +466,162 @@ mod tests {
         assert_eq!(l.ids(), vec![9, 5]);
         l.renew(9, t0 + Duration::from_secs(40)).unwrap();
         assert_eq!(l.ids(), vec![5, 9]);
+    }
+
+    fn checkpointing(interval: u64) -> Lessor {
+        Lessor {
+            inner: Mutex::new(Lessor::empty(Some(Duration::from_secs(interval)))),
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_scheduled_for_leases_longer_than_the_interval() {
+        let s = Duration::from_secs;
+        let l = checkpointing(10);
+        let t0 = Instant::now();
+        // Followers schedule nothing.
+        l.apply(&[LeaseChange::Granted { id: 1, ttl: 60 }], t0);
+        assert!(l.take_due_checkpoints(t0 + s(100), 1000).is_empty());
+        l.promote(Duration::ZERO, t0);
+        l.apply(
+            &[
+                LeaseChange::Granted { id: 2, ttl: 10 }, // not longer than the interval
+                LeaseChange::Granted { id: 3, ttl: 30 },
+            ],
+            t0,
+        );
+        assert!(l.take_due_checkpoints(t0 + s(9), 1000).is_empty());
+        // Due one interval later, with the remaining TTL rounded up.
+        let mut due = l.take_due_checkpoints(t0 + s(10) + Duration::from_millis(1), 1000);
+        due.sort_unstable();
+        assert_eq!(due, vec![(1, 50), (3, 20)]);
+        assert!(l.take_due_checkpoints(t0 + s(20), 1000).is_empty());
+        // Applying a checkpoint schedules the next one; batches respect the limit.
+        l.apply(
+            &[
+                LeaseChange::Checkpointed {
+                    id: 1,
+                    remaining_ttl: 50,
+                },
+                LeaseChange::Checkpointed {
+                    id: 3,
+                    remaining_ttl: 20,
+                },
+            ],
+            t0 + s(10),
+        );
+        assert_eq!(l.take_due_checkpoints(t0 + s(20), 1).len(), 1);
+        assert_eq!(l.take_due_checkpoints(t0 + s(20), 1).len(), 1);
+        assert!(l.take_due_checkpoints(t0 + s(20), 1).is_empty());
+        // A lease renewed just before its checkpoint has nothing to checkpoint.
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 1,
+                remaining_ttl: 40,
+            }],
+            t0 + s(20),
+        );
+        // (the keep-alive first resets the checkpointed remaining TTL, as the server does).
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 1,
+                remaining_ttl: 0,
+            }],
+            t0 + s(30),
+        );
+        l.renew(1, t0 + s(30)).unwrap();
+        assert!(l.take_due_checkpoints(t0 + s(30), 1000).is_empty());
+        // Demotion drops the schedule.
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 3,
+                remaining_ttl: 10,
+            }],
+            t0 + s(30),
+        );
+        l.demote();
+        assert!(l.take_due_checkpoints(t0 + s(100), 1000).is_empty());
+    }
+
+    #[test]
+    fn promotion_uses_the_checkpointed_remaining_ttl() {
+        let s = Duration::from_secs;
+        let l = checkpointing(5);
+        let t0 = Instant::now();
+        l.apply(
+            &[
+                LeaseChange::Granted { id: 1, ttl: 60 },
+                LeaseChange::Granted { id: 2, ttl: 60 },
+                LeaseChange::Checkpointed {
+                    id: 1,
+                    remaining_ttl: 25,
+                },
+            ],
+            t0,
+        );
+        // A follower reports the checkpointed remaining TTL.
+        assert_eq!(l.time_to_live(1, t0), Some((25, 60)));
+        assert_eq!(l.time_to_live(2, t0), Some((60, 60)));
+        l.promote(s(1), t0);
+        assert_eq!(l.time_to_live(1, t0), Some((26, 60)));
+        assert_eq!(l.time_to_live(2, t0), Some((61, 60)));
+        assert_eq!(l.take_expired(t0 + s(26)), vec![1]);
+        // A reset (remaining 0) restores the granted TTL at the next promotion.
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 1,
+                remaining_ttl: 0,
+            }],
+            t0,
+        );
+        l.demote();
+        l.promote(Duration::ZERO, t0);
+        assert_eq!(l.time_to_live(1, t0), Some((60, 60)));
+    }
+
+    #[test]
+    fn keep_alive_resets_a_checkpointed_remaining_ttl() {
+        let s = Duration::from_secs;
+        let l = checkpointing(5);
+        let t0 = Instant::now();
+        l.promote(Duration::ZERO, t0);
+        l.apply(&[LeaseChange::Granted { id: 1, ttl: 30 }], t0);
+        assert!(!l.needs_checkpoint_reset(1));
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 1,
+                remaining_ttl: 20,
+            }],
+            t0 + s(10),
+        );
+        assert!(l.needs_checkpoint_reset(1));
+        // The server proposes the reset, then renews from the full TTL.
+        l.apply(
+            &[LeaseChange::Checkpointed {
+                id: 1,
+                remaining_ttl: 0,
+            }],
+            t0 + s(11),
+        );
+        assert!(!l.needs_checkpoint_reset(1));
+        assert_eq!(l.renew(1, t0 + s(11)).unwrap(), 30);
+        assert_eq!(l.time_to_live(1, t0 + s(11)), Some((30, 30)));
+        // Without checkpointing there is never a reset to propose.
+        let off = Lessor {
+            inner: Mutex::new(Lessor::empty(None)),
+        };
+        off.promote(Duration::ZERO, t0);
+        off.apply(
+            &[
+                LeaseChange::Granted { id: 1, ttl: 30 },
+                LeaseChange::Checkpointed {
+                    id: 1,
+                    remaining_ttl: 20,
+                },
+            ],
+            t0,
+        );
+        assert!(!off.needs_checkpoint_reset(1));
+        assert!(off.take_due_checkpoints(t0 + s(100), 1000).is_empty());
     }
 }

@@ -5,23 +5,26 @@
 //! `--initial-cluster-state=existing`, from the members a running member lists), and afterwards
 //! only by applied raft entries, so every member holds the same rows and a restart needs no
 //! flags. Those entries are raft conf changes (MemberAdd, MemberPromote, MemberRemove; the
-//! member travels in the conf change's context, see [`apply_conf_change`]) and `MemberAttrSet`:
+//! member travels in the conf change's context, see [`apply_conf_change`]), `MemberAttrSet`:
 //! a member publishing its name and client URLs after it starts, as etcd's `publishV3` does
-//! ("published local member to cluster through raft"). The raft loop hands these entries here
+//! ("published local member to cluster through raft"), and `MemberUpdate` (new peer URLs: etcd's
+//! `ConfChangeUpdateNode`, a normal entry here since raft-rs has no such conf change type,
+//! validated when applied as etcd validates it). The raft loop hands these entries here
 //! ([`peek`], [`apply`], [`apply_conf_change`]) instead of to `apply`, inside the same write
 //! transaction as the rest of the batch. Readers (MemberList, Status, the peer transport) read
-//! the table through [`list`]. This module never talks to peers or to raft.
+//! the table through [`list`]. Removed member ids are kept in `members_removed` ([`is_removed`]),
+//! so the peer service can refuse a removed member. This module never talks to peers or to raft.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
-use crate::backend::{Backend, MEMBERS};
+use crate::backend::{Backend, MEMBERS, MEMBERS_REMOVED};
 use crate::error::{Error, Result};
 use crate::ids::{member_id, url_string};
 use crate::proto::concordpb::MemberAttrSet;
-use crate::proto::etcdserverpb::Member;
+use crate::proto::etcdserverpb::{Member, MemberUpdateRequest};
 
 /// The members of a brand-new cluster, from `--initial-cluster` (`name=url` pairs, a name once
 /// per URL): names and peer URLs, ids derived as etcd derives them, no client URLs yet (members
@@ -69,6 +72,12 @@ pub fn list(backend: &Backend) -> Result<Vec<Member>> {
         .collect()
 }
 
+/// Whether member `id` was removed from the cluster (etcd's `IsIDRemoved`).
+pub fn is_removed(backend: &Backend, id: u64) -> Result<bool> {
+    let rtx = backend.db().begin_read()?;
+    Ok(rtx.open_table(MEMBERS_REMOVED)?.get(id)?.is_some())
+}
+
 /// Ids of the voting members (learners excluded).
 pub fn voters(members: &[Member]) -> Vec<u64> {
     members
@@ -82,6 +91,7 @@ pub fn voters(members: &[Member]) -> Vec<u64> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MemberRequest {
     AttrSet(MemberAttrSet),
+    Update(MemberUpdateRequest),
 }
 
 /// Only the membership fields of `concordpb.InternalRequest` (same field numbers): decoding an
@@ -92,19 +102,46 @@ struct Peek {
     id: u64,
     #[prost(message, optional, tag = "20")]
     member_attr_set: Option<MemberAttrSet>,
+    #[prost(message, optional, tag = "21")]
+    member_update: Option<MemberUpdateRequest>,
 }
 
 /// If the payload of a normal raft entry is a membership request: its proposal id and the
 /// request. `None` for every other payload (key-value, lease), which `apply` handles.
 pub fn peek(data: &[u8]) -> Option<(u64, MemberRequest)> {
     let p = Peek::decode(data).ok()?;
+    if let Some(u) = p.member_update {
+        return Some((p.id, MemberRequest::Update(u)));
+    }
     p.member_attr_set.map(|a| (p.id, MemberRequest::AttrSet(a)))
 }
 
 /// Applies a membership request inside `wtx`. Deterministic: the same entry on the same rows
-/// gives the same rows on every member.
-pub fn apply(wtx: &WriteTransaction, req: MemberRequest) -> Result<()> {
+/// gives the same rows (and the same error) on every member. An update returns the member with
+/// its new peer URLs, for the transport.
+pub fn apply(wtx: &WriteTransaction, req: MemberRequest) -> Result<Option<Change>> {
     match req {
+        MemberRequest::Update(u) => {
+            let mut t = wtx.open_table(MEMBERS)?;
+            let mut members = Vec::new();
+            for item in t.iter()? {
+                members.push(Member::decode(item?.1.value())?);
+            }
+            // etcd's ValidateConfigurationChange for ConfChangeUpdateNode.
+            let Some(mut m) = members.iter().find(|m| m.id == u.id).cloned() else {
+                return Err(Error::MemberNotFound);
+            };
+            if members
+                .iter()
+                .filter(|o| o.id != u.id)
+                .any(|o| o.peer_ur_ls.iter().any(|url| u.peer_ur_ls.contains(url)))
+            {
+                return Err(Error::PeerUrlExist);
+            }
+            m.peer_ur_ls = u.peer_ur_ls;
+            t.insert(m.id, m.encode_to_vec().as_slice())?;
+            Ok(Some(Change::Updated(m)))
+        }
         MemberRequest::AttrSet(a) => {
             let mut t = wtx.open_table(MEMBERS)?;
             let current = t.get(a.member_id)?.map(|v| Member::decode(v.value()));
@@ -114,21 +151,23 @@ pub fn apply(wtx: &WriteTransaction, req: MemberRequest) -> Result<()> {
                     member_id = format!("{:x}", a.member_id),
                     "ignored attributes published by a member that is not in the cluster"
                 );
-                return Ok(());
+                return Ok(None);
             };
             m.name = a.name;
             m.client_ur_ls = a.client_urls;
             t.insert(m.id, m.encode_to_vec().as_slice())?;
-            Ok(())
+            Ok(None)
         }
     }
 }
 
-/// A membership change made by an applied raft conf change.
+/// A membership change made by an applied raft conf change or MemberUpdate entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Added(Member),
     Removed(u64),
+    /// A member's peer URLs changed (MemberUpdate).
+    Updated(Member),
 }
 
 /// Applies the membership side of a raft conf change inside `wtx` (raft's side, the conf state,
@@ -161,6 +200,7 @@ pub fn apply_conf_change(
         }
         T::RemoveNode => {
             t.remove(node_id)?;
+            wtx.open_table(MEMBERS_REMOVED)?.insert(node_id, ())?;
             Ok(Some(Change::Removed(node_id)))
         }
     }
@@ -258,6 +298,52 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(peek(&put), None);
+    }
+
+    #[test]
+    fn update_checks_like_etcd_and_removal_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let ms = initial_members(
+            &[
+                ("a".to_owned(), url("http://127.0.0.1:2380")),
+                ("b".to_owned(), url("http://127.0.0.2:2380")),
+            ],
+            "t",
+        );
+        let wtx = b.db().begin_write().unwrap();
+        write(&wtx, &ms).unwrap();
+        let update = |id, u: &str| {
+            MemberRequest::Update(MemberUpdateRequest {
+                id,
+                peer_ur_ls: vec![u.to_owned()],
+            })
+        };
+        assert!(matches!(
+            apply(&wtx, update(42, "http://127.0.0.3:2380")),
+            Err(Error::MemberNotFound)
+        ));
+        assert!(matches!(
+            apply(&wtx, update(ms[0].id, &ms[1].peer_ur_ls[0])),
+            Err(Error::PeerUrlExist)
+        ));
+        let Some(Change::Updated(m)) =
+            apply(&wtx, update(ms[0].id, "http://127.0.0.3:2380")).unwrap()
+        else {
+            panic!("no update");
+        };
+        assert_eq!(m.peer_ur_ls, vec!["http://127.0.0.3:2380".to_owned()]);
+        apply_conf_change(
+            &wtx,
+            raft::eraftpb::ConfChangeType::RemoveNode,
+            ms[1].id,
+            &[],
+        )
+        .unwrap();
+        wtx.commit().unwrap();
+        assert_eq!(list(&b).unwrap(), vec![m]);
+        assert!(is_removed(&b, ms[1].id).unwrap());
+        assert!(!is_removed(&b, ms[0].id).unwrap());
     }
 
     #[test]

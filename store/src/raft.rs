@@ -107,6 +107,9 @@ pub enum Msg {
     ReadIndex { reply: oneshot::Sender<Result<u64>> },
     /// A raft message from another member (from the peer transport).
     Step(Message),
+    /// On the leader: hand leadership to voting member `to` (raft-rs's `transfer_leader`; it
+    /// ignores a transfer to itself or to a learner). Callers watch the status for the result.
+    TransferLeader { to: u64 },
     /// On the leader: how far each member's log matches the leader's (member id -> index).
     /// `None` on any other member.
     Progress {
@@ -290,6 +293,15 @@ impl RaftHandle {
     pub async fn stopped(&self) {
         let mut rx = self.status.clone();
         while rx.changed().await.is_ok() {}
+    }
+
+    /// Waits until this member sees `id` as the leader.
+    pub async fn wait_leader(&self, id: u64) -> Result<()> {
+        let mut rx = self.status.clone();
+        rx.wait_for(|s| s.leader == id)
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(())
     }
 
     /// Waits until the applied index reaches `index`.
@@ -548,6 +560,16 @@ impl Driver {
             for id in self.transport.take_unreachable() {
                 self.node.report_unreachable(id);
             }
+            if self.transport.removed_by_peer() {
+                self.removed = true;
+                self.publish();
+                tracing::warn!(
+                    local_member_id = format!("{:x}", self.cfg.id),
+                    "the member has been permanently removed from the cluster (a peer refused \
+                     it); the data-dir used by this member must be removed before it joins again"
+                );
+                return Err(Error::Removed);
+            }
             self.release_held();
             if !self.read_waiters.is_empty() {
                 let ctx = self.next_read_ctx;
@@ -585,6 +607,11 @@ impl Driver {
                     Payload::ConfChange(cc),
                     Waiter::Member(reply),
                 );
+            }
+            Msg::TransferLeader { to } => {
+                if self.node.raft.state == StateRole::Leader {
+                    self.node.transfer_leader(to);
+                }
             }
             Msg::Progress { reply } => {
                 let r = &self.node.raft;
@@ -733,9 +760,19 @@ impl Driver {
                 }
             }
         }
-        // 3-5. Committed entries, new entries and hard state: one durable transaction.
+        // 3-5. Committed entries, new entries and hard state: one transaction, durable when
+        // raft needs it (new entries, term or vote); a Ready that only carries read states
+        // touches no storage at all.
         let mut replies = Vec::new();
-        let wtx = self.backend.db().begin_write()?;
+        let needs_write = ready.must_sync()
+            || ready.hs().is_some()
+            || !ready.entries().is_empty()
+            || !ready.committed_entries().is_empty();
+        let mut wtx = self.backend.db().begin_write()?;
+        if !ready.must_sync() {
+            wtx.set_durability(Durability::None)
+                .map_err(|e| Error::Storage(e.to_string()))?;
+        }
         let applied = self.apply_committed(&wtx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if let Some(first) = entries.first() {
@@ -754,7 +791,11 @@ impl Driver {
                 .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             self.node.mut_store().wl().set_hardstate(hs);
         }
-        wtx.commit()?;
+        if needs_write {
+            wtx.commit()?;
+        } else {
+            wtx.abort()?;
+        }
         self.publish_events(applied);
         send_replies(replies);
         // 6. Messages that needed the append to be durable.
@@ -824,6 +865,7 @@ impl Driver {
                                 if let Err(Error::Storage(msg)) = &out {
                                     return Err(Error::Storage(msg.clone()));
                                 }
+                                let out = out.map(|change| self.member_changed(change));
                                 (id, Outcome::Member(out))
                             }
                             None => {
@@ -847,18 +889,7 @@ impl Driver {
                             cc.node_id,
                             &cc.context,
                         )?;
-                        match change {
-                            Some(membership::Change::Added(m)) => {
-                                self.transport.add_peer(m.id, m.peer_ur_ls)
-                            }
-                            Some(membership::Change::Removed(id)) => {
-                                self.transport.remove_peer(id);
-                                if id == self.cfg.id {
-                                    self.removed = true;
-                                }
-                            }
-                            None => {}
-                        }
+                        self.member_changed(change);
                         let id = e
                             .context
                             .as_ref()
@@ -884,6 +915,22 @@ impl Driver {
         wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
         self.applied = last;
         Ok(Some(out))
+    }
+
+    /// Keeps the transport in step with an applied membership change.
+    fn member_changed(&mut self, change: Option<membership::Change>) {
+        match change {
+            Some(membership::Change::Added(m) | membership::Change::Updated(m)) => {
+                self.transport.add_peer(m.id, m.peer_ur_ls)
+            }
+            Some(membership::Change::Removed(id)) => {
+                self.transport.remove_peer(id);
+                if id == self.cfg.id {
+                    self.removed = true;
+                }
+            }
+            None => {}
+        }
     }
 
     fn apply_conf_change(

@@ -17,11 +17,12 @@ use tokio::sync::oneshot;
 use crate::apply::{self, Applied};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lease::{Lessor, MAX_LEASE_TTL};
+use crate::lease::{Lessor, MAX_CHECKPOINT_BATCH, MAX_LEASE_TTL};
 use crate::membership;
 use crate::mvcc::ReadView;
-use crate::proto::concordpb::{InternalRequest, MemberAttrSet, internal_request::Request};
-use crate::proto::etcdserverpb::MemberPromoteRequest;
+use crate::proto::concordpb::{
+    InternalRequest, LeaseCheckpoints, MemberAttrSet, internal_request::Request,
+};
 use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvRequest,
@@ -33,10 +34,11 @@ use crate::proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use crate::proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use crate::proto::etcdserverpb::{MemberPromoteRequest, MemberUpdateRequest};
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
 use crate::transport::{PeerService, Transport};
 use crate::watch::WatchHub;
@@ -65,6 +67,12 @@ pub struct ServerConfig {
     pub auto_compaction: Option<crate::compactor::Policy>,
     /// `--strict-reconfig-check`: refuse membership changes that could lose quorum.
     pub strict_reconfig_check: bool,
+    /// `--experimental-enable-lease-checkpoint`: the leader checkpoints remaining lease TTLs.
+    pub lease_checkpoint: bool,
+    /// `--experimental-enable-lease-checkpoint-persist`: checkpoints are also persisted.
+    pub lease_checkpoint_persist: bool,
+    /// Interval between lease checkpoints (etcd's embed-only `LeaseCheckpointInterval`).
+    pub lease_checkpoint_interval: Duration,
     pub raft: RaftConfig,
 }
 
@@ -84,7 +92,11 @@ impl EtcdServer {
     /// Starts the member on `backend`: loads raft state and starts the raft loop.
     pub fn start(cfg: ServerConfig, backend: Arc<Backend>) -> Result<Arc<EtcdServer>> {
         let hub = WatchHub::new(backend.clone())?;
-        let lessor = Arc::new(Lessor::load(&backend)?);
+        let lessor = Arc::new(Lessor::load(
+            &backend,
+            cfg.lease_checkpoint
+                .then_some(cfg.lease_checkpoint_interval),
+        )?);
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Raft("a member must be started inside a tokio runtime".into()))?;
         let transport = Transport::new(cfg.member_id, cfg.cluster_id, rt);
@@ -335,8 +347,31 @@ impl EtcdServer {
         }
     }
 
+    /// Proposes lease checkpoints through raft (etcd's checkpointer); leader only.
+    async fn lease_checkpoint(&self, checkpoints: Vec<LeaseCheckpoint>) -> Result<()> {
+        if !self.raft.status().is_leader {
+            return Err(Error::NotLeader);
+        }
+        let req = LeaseCheckpoints {
+            checkpoints,
+            persist: self.cfg.lease_checkpoint_persist,
+        };
+        match self.propose(Request::LeaseCheckpoint(req)).await? {
+            Applied::LeaseCheckpoint(_) => Ok(()),
+            other => Err(mismatch(other)),
+        }
+    }
+
     /// Keep-alive of one lease: its TTL, or 0 if it is unknown or expired (as etcd answers).
-    pub fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+    /// A lease with a checkpointed remaining TTL first has it reset through raft, as etcd does.
+    pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        if self.lessor.needs_checkpoint_reset(id) {
+            let reset = LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            };
+            self.lease_checkpoint(vec![reset]).await?;
+        }
         let ttl = match self.lessor.renew(id, std::time::Instant::now()) {
             Ok(ttl) => ttl,
             Err(Error::LeaseNotFound) => 0,
@@ -395,8 +430,9 @@ impl EtcdServer {
         self.hub.current_rev()
     }
 
-    /// Runs the lessor's leader duties until dropped: promote/demote with leadership, and
-    /// propose a revoke for every lease whose deadline passed (etcd checks every 500 ms).
+    /// Runs the lessor's leader duties until dropped: promote/demote with leadership, propose a
+    /// revoke for every lease whose deadline passed, and propose due lease checkpoints in
+    /// batches (etcd checks both every 500 ms).
     pub async fn run_lessor(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -422,6 +458,27 @@ impl EtcdServer {
                         }
                     }
                 });
+            }
+            // etcd's checkpointScheduledLeases: up to leaseCheckpointRate/2 full batches a tick.
+            for _ in 0..500 {
+                let due = self
+                    .lessor
+                    .take_due_checkpoints(std::time::Instant::now(), MAX_CHECKPOINT_BATCH);
+                let full = due.len() == MAX_CHECKPOINT_BATCH;
+                if due.is_empty() {
+                    break;
+                }
+                let cps = due
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                    .collect();
+                if let Err(e) = self.lease_checkpoint(cps).await {
+                    tracing::warn!(error = %e, "failed to checkpoint leases");
+                    break;
+                }
+                if !full {
+                    break;
+                }
             }
         }
     }
@@ -755,6 +812,20 @@ impl EtcdServer {
         self.members()
     }
 
+    /// Gives member `id` new peer URLs (etcd's `UpdateMember`); returns the new list. The
+    /// checks (member not found, peer URLs already exist) run when the entry is applied, as
+    /// etcd's do, and every member's transport then uses the new URLs.
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<Vec<Member>> {
+        let urls = peer_urls.join(",");
+        self.propose_member(Request::MemberUpdate(MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        }))
+        .await?;
+        tracing::info!(member_id = format!("{id:x}"), peer_urls = %urls, "updated member");
+        self.members()
+    }
+
     /// Promotes learner `id` to a voter; returns the new list. Only the leader knows whether
     /// the learner caught up, so another member forwards the request to the leader.
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>> {
@@ -790,6 +861,41 @@ impl EtcdServer {
         .await?;
         tracing::info!(member_id = format!("{id:x}"), "promoted learner to voter");
         self.members()
+    }
+
+    /// etcd's `MoveLeader`: on the leader only, hands leadership to voting member `transferee`
+    /// and waits until this member sees it lead.
+    pub async fn move_leader(&self, transferee: u64) -> Result<()> {
+        let lead = self.raft.status().leader;
+        if lead != self.cfg.member_id {
+            return Err(Error::NotLeader);
+        }
+        if !self
+            .members()?
+            .iter()
+            .any(|m| m.id == transferee && !m.is_learner)
+        {
+            return Err(Error::BadLeaderTransferee);
+        }
+        tracing::info!(
+            local_member_id = format!("{:x}", self.cfg.member_id),
+            current_leader_member_id = format!("{lead:x}"),
+            transferee_member_id = format!("{transferee:x}"),
+            "leadership transfer starting"
+        );
+        let start = std::time::Instant::now();
+        self.raft.send(Msg::TransferLeader { to: transferee })?;
+        tokio::time::timeout(self.cfg.request_timeout, self.raft.wait_leader(transferee))
+            .await
+            .map_err(|_| Error::TimeoutLeaderTransfer)??;
+        tracing::info!(
+            local_member_id = format!("{:x}", self.cfg.member_id),
+            old_leader_member_id = format!("{lead:x}"),
+            new_leader_member_id = format!("{transferee:x}"),
+            took = ?start.elapsed(),
+            "leadership transfer finished"
+        );
+        Ok(())
     }
 
     /// Voting members (this one included) whose stream has worked for etcd's health interval.

@@ -11,8 +11,11 @@
 //! reconnects with exponential backoff (`backon`). The raft loop collects those reports with
 //! [`Transport::take_unreachable`] and passes them to `RawNode::report_unreachable`.
 //!
-//! Incoming: [`PeerService`] checks every envelope's cluster id and destination (a member of
-//! another cluster is refused with FAILED_PRECONDITION and a message naming both ids) and hands
+//! Incoming: [`PeerService`] checks every envelope's cluster id, sender and destination (a
+//! member of another cluster is refused with FAILED_PRECONDITION and a message naming both ids;
+//! a removed member with FAILED_PRECONDITION "the member has been permanently removed from the
+//! cluster", which makes that member's transport report [`Transport::removed_by_peer`] so it
+//! stops, as etcd's rafthttp does with HTTP 410) and hands
 //! each decoded message to the raft loop as [`Msg::Step`]. It also answers `Members` (the
 //! members table and cluster id), which a member joining with `--initial-cluster-state=existing`
 //! asks of the others through [`fetch_members`].
@@ -70,6 +73,8 @@ struct Shared {
     unreachable: Mutex<HashSet<u64>>,
     /// Members with a working stream, and since when.
     active: Mutex<HashMap<u64, Instant>>,
+    /// A peer refused this member as removed from the cluster.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -123,6 +128,14 @@ impl Transport {
         if let Ok(mut peers) = self.peers.lock() {
             peers.remove(&id);
         }
+    }
+
+    /// Whether a peer refused this member's messages because it was removed from the cluster
+    /// (a removed member restarted on its old data dir); the raft loop then stops.
+    pub fn removed_by_peer(&self) -> bool {
+        self.shared
+            .removed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues `msgs` for their members without blocking. Members that cannot take a message
@@ -291,7 +304,14 @@ impl Link {
                 r = &mut call => {
                     return Ended::Failed(match r {
                         Ok(_) => "the peer closed the stream".to_owned(),
-                        Err(s) => format!("{}: {}", code_name(s.code()), s.message()),
+                        Err(s) => {
+                            if s.message() == Error::Removed.to_string() {
+                                self.shared
+                                    .removed
+                                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            format!("{}: {}", code_name(s.code()), s.message())
+                        }
                     });
                 }
                 m = rx.recv() => {
@@ -388,6 +408,15 @@ impl PeerService {
                  --initial-cluster and --initial-cluster-token",
                 self.local, self.cluster, env.from, env.cluster_id
             )));
+        }
+        if crate::membership::is_removed(&self.backend, env.from)? {
+            // etcd's rafthttp answers 410 Gone with errMemberRemoved; the sender stops.
+            tracing::warn!(
+                local_member_id = format!("{:x}", self.local),
+                remote_peer_id = format!("{:x}", env.from),
+                "rejected stream from remote peer because it was removed"
+            );
+            return Err(Status::failed_precondition(Error::Removed.to_string()));
         }
         if env.to != self.local {
             tracing::warn!(

@@ -1,6 +1,8 @@
 //! Leases over gRPC against an in-process member: grant (chosen, assigned, minimum and maximum
 //! TTL), keys attached and deleted in one revision on revoke or expiry, keep-alive, time-to-live
-//! and listing, and etcd's answers for unknown leases.
+//! and listing, and etcd's answers for unknown leases. With lease checkpointing on, checkpoints
+//! go through raft and a keep-alive of a checkpointed lease resets it (restarts are covered by
+//! `tests/tests/lease_checkpoint.rs`).
 
 mod common;
 
@@ -213,4 +215,75 @@ async fn expiry_revokes_through_raft_and_keep_alive_extends() {
         (put.code(), put.message()),
         (Code::NotFound, "etcdserver: requested lease not found")
     );
+}
+
+async fn raft_index(ch: &Channel) -> u64 {
+    use concord_store::proto::etcdserverpb::{
+        StatusRequest, maintenance_client::MaintenanceClient,
+    };
+    MaintenanceClient::new(ch.clone())
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .raft_index
+}
+
+#[tokio::test]
+async fn checkpoints_go_through_raft_and_keep_alive_resets_them() {
+    let m = common::member_with(|c| {
+        c.lease_checkpoint = true;
+        c.lease_checkpoint_persist = true;
+        // Longer than the election timeout that promotion adds, or the first checkpoint after
+        // a promotion finds nothing to checkpoint (remaining >= TTL), as in etcd.
+        c.lease_checkpoint_interval = Duration::from_secs(2);
+    })
+    .await;
+    let mut l = LeaseClient::new(m.channel.clone());
+    let (id, _) = grant(&mut l, 30, 0).await.unwrap();
+    // Wait for leadership, the lessor's promotion and a checkpoint or two (each a raft entry
+    // that changes no revision).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = raft_index(&m.channel).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while raft_index(&m.channel).await < before + 2 {
+        assert!(Instant::now() < deadline, "no lease checkpoint was applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ttl = l
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 30);
+    assert!(ttl.ttl > 15 && ttl.ttl < 30, "remaining {}", ttl.ttl);
+    // A keep-alive of a checkpointed lease proposes a reset, then renews to the full TTL.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut resp = l
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+    assert_eq!(resp.message().await.unwrap().unwrap().ttl, 30);
+    let ttl = l
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+        .await
+        .unwrap()
+        .into_inner();
+    // Renewing restarts from the remaining TTL (etcd's `refresh`), so only an applied reset
+    // gives the full TTL back.
+    assert!(ttl.ttl >= 28, "remaining {}", ttl.ttl);
+}
+
+#[tokio::test]
+async fn no_checkpoints_without_the_flag() {
+    let m = common::member_with(|c| c.lease_checkpoint_interval = Duration::from_secs(1)).await;
+    let mut l = LeaseClient::new(m.channel.clone());
+    grant(&mut l, 30, 0).await.unwrap();
+    // Let the grant (and the member's own startup entries) show in the status first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = raft_index(&m.channel).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(raft_index(&m.channel).await, before);
 }

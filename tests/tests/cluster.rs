@@ -6,7 +6,11 @@
 //! `etcdctl member list` / `endpoint status --cluster` compared with a real etcd 3.5 cluster, and
 //! the learner lifecycle driven by etcdctl (`member add --learner`, join with
 //! `--initial-cluster-state=existing`, `member promote`, `member remove`) with etcd's refusals,
-//! run against concord and against etcd 3.5 with the same assertions.
+//! run against concord and against etcd 3.5 with the same assertions. Also against both, with
+//! the same normalised etcdctl output: `move-leader` (to a follower, from a follower's endpoint,
+//! to an unknown id, to the leader itself, and the RPC on a follower), `member update` (etcd's
+//! refusals, then a follower moved to a new peer URL receiving writes only through it), and a
+//! removed member restarted on its old data dir being refused by the others and stopping.
 //!
 //! Every wait is on a condition with a generous deadline; nothing asserts on timing. Every test
 //! name contains `cluster`, so nextest runs them one at a time (`.config/nextest.toml`).
@@ -21,7 +25,7 @@ use concord_store::proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_store::proto::etcdserverpb::kv_client::KvClient;
 use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_store::proto::etcdserverpb::{
-    MemberListRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+    MemberListRequest, MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
 };
 use concord_tests::{Cluster, Etcdctl, Normalizer, ServerKind, line_diff, random_u64};
 use tonic::transport::{Channel, Endpoint};
@@ -960,4 +964,325 @@ fn cluster3_learner_add_promote_remove_with_etcdctl_concord() -> Result<()> {
 #[test]
 fn cluster3_learner_add_promote_remove_with_etcdctl_etcd35() -> Result<()> {
     learner_lifecycle(ServerKind::Etcd35)
+}
+
+// ------------------------------------------------------------------------------------------
+// Leadership transfer: `etcdctl move-leader` and `Maintenance.MoveLeader`
+// ------------------------------------------------------------------------------------------
+
+/// Moves leadership with etcdctl and gRPC on a 3-member cluster of `kind`; returns the
+/// transcript (exit status, stdout and etcdctl's `Error:` line of each step) with member ids
+/// replaced by roles (`<leader>`, `<target>`, `<other>`) and addresses by member names.
+fn move_leader(kind: ServerKind) -> Result<Vec<String>> {
+    let cluster = Cluster::start(kind, 3)?;
+    let rt = runtime()?;
+    let endpoints = cluster.endpoints();
+    let all = endpoints.join(",");
+    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let (target, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut ids = Vec::new();
+    for ep in &endpoints {
+        let st = rt.block_on(status(ep))?;
+        ids.push(st.header.context("status without header")?.member_id);
+    }
+    let hex = |i: usize| format!("{:x}", ids[i]);
+    let roles = [
+        (leader, "<leader>"),
+        (target, "<target>"),
+        (other, "<other>"),
+    ];
+    let norm = |s: &str| {
+        let mut s = s.to_owned();
+        for (i, role) in roles {
+            s = s.replace(&hex(i), role);
+            s = s.replace(
+                &format!("{}:", cluster.members[i].ip()),
+                &format!("{role}:"),
+            );
+        }
+        s
+    };
+    let mut transcript = Vec::new();
+    let step = |transcript: &mut Vec<String>, endpoint: &str, args: &[&str]| -> Result<bool> {
+        let (ok, out, err) = ctl(endpoint, args)?;
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("Error:")).collect();
+        transcript.push(norm(&format!(
+            "etcdctl {}: ok={ok}\n{out}{}",
+            args.join(" "),
+            errors.join("\n")
+        )));
+        Ok(ok)
+    };
+
+    // To a chosen follower: the leader changes to it.
+    ensure!(step(&mut transcript, &all, &["move-leader", &hex(target)])?);
+    let now = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    ensure!(now == target, "leader is m{now}, expected m{target}");
+    // etcdctl sends it to the leader only; a follower's endpoint alone is refused by etcdctl,
+    // and the RPC itself on a follower fails with etcd's error.
+    step(
+        &mut transcript,
+        &endpoints[leader],
+        &["move-leader", &hex(other)],
+    )?;
+    let refused = rt.block_on(async {
+        MaintenanceClient::new(channel(&endpoints[leader])?)
+            .move_leader(MoveLeaderRequest {
+                target_id: ids[other],
+            })
+            .await
+            .err()
+            .context("MoveLeader on a follower succeeded")
+    })?;
+    transcript.push(format!(
+        "MoveLeader on a follower: {:?} {}",
+        refused.code(),
+        refused.message()
+    ));
+    // Unknown transferee; transfer to the leader itself.
+    step(&mut transcript, &all, &["move-leader", "1234"])?;
+    // A learner (added, never started) is no transferee either.
+    let learner_ip = concord_tests::LoopbackIp::claim()?;
+    let learner_peer = format!("http://{}:{}", learner_ip.ip(), concord_tests::PEER_PORT);
+    let (ok, out, err) = ctl_reconfig(
+        &all,
+        &[
+            "member",
+            "add",
+            "learner",
+            "--learner",
+            &format!("--peer-urls={learner_peer}"),
+        ],
+    )?;
+    ensure!(ok, "member add --learner: {out} {err}");
+    let learner = out
+        .split_whitespace()
+        .nth(1)
+        .context("no id in member add's output")?
+        .to_owned();
+    let (ok, out, err) = ctl(&all, &["move-leader", &learner])?;
+    ensure!(
+        !ok && err.contains("Error: etcdserver: bad leader transferee"),
+        "move-leader to a learner: {out} {err}"
+    );
+    ensure!(step(&mut transcript, &all, &["move-leader", &hex(target)])?);
+    // And back to the first leader.
+    ensure!(step(&mut transcript, &all, &["move-leader", &hex(leader)])?);
+    let now = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    ensure!(now == leader, "leader is m{now}, expected m{leader}");
+    Ok(transcript)
+}
+
+#[test]
+fn cluster3_move_leader_matches_etcd35() -> Result<()> {
+    let expected = move_leader(ServerKind::Etcd35)?;
+    let actual = move_leader(ServerKind::Concord)?;
+    ensure!(
+        expected == actual,
+        "concord differs from etcd 3.5 (- etcd, + concord):\n{}",
+        line_diff(&expected.join("\n"), &actual.join("\n"))
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// `etcdctl member update`: new peer URLs, used by every member's transport
+// ------------------------------------------------------------------------------------------
+
+/// A server process started by hand (a member moved to a new peer URL); killed on drop.
+struct Moved(std::process::Child);
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// On a 3-member cluster of `kind`: etcd's refusals, then a follower's peer URL updated to a
+/// new address and the follower restarted there on its data dir; it must receive new writes,
+/// which only reach it through the new URL. Returns the normalised etcdctl transcript.
+fn member_update(kind: ServerKind) -> Result<Vec<String>> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    let rt = runtime()?;
+    let endpoints = cluster.endpoints();
+    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let ep = endpoints[leader].clone();
+    let mut ids = Vec::new();
+    let mut cluster_id = 0;
+    for e in &endpoints {
+        let h = rt
+            .block_on(status(e))?
+            .header
+            .context("status without header")?;
+        ids.push(h.member_id);
+        cluster_id = h.cluster_id;
+    }
+    let new_ip = concord_tests::LoopbackIp::claim()?;
+    let new_peer = format!("http://{}:{}", new_ip.ip(), concord_tests::PEER_PORT);
+    let norm = |s: &str| {
+        // etcdctl prints `member update`'s ids with `%16x` (space-padded).
+        let mut s = s
+            .replace(&format!("{cluster_id:16x}"), "<cluster>")
+            .replace(&format!("{cluster_id:x}"), "<cluster>")
+            .replace(&new_peer, "<new-peer-url>");
+        for (i, role) in [(leader, "<leader>"), (f, "<f>"), (other, "<other>")] {
+            s = s.replace(&format!("{:16x}", ids[i]), role);
+            s = s.replace(&format!("{:x}", ids[i]), role);
+            s = s.replace(
+                &format!("{}:", cluster.members[i].ip()),
+                &format!("{role}:"),
+            );
+            s = s.replace(
+                &format!(", {}, ", cluster.members[i].name()),
+                &format!(", {role}, "),
+            );
+        }
+        s
+    };
+    let mut transcript = Vec::new();
+    let fid = format!("{:x}", ids[f]);
+    let other_peer = cluster.members[other].peer_url();
+    for args in [
+        vec![
+            "member".to_owned(),
+            "update".to_owned(),
+            "1234".to_owned(),
+            format!("--peer-urls={new_peer}"),
+        ],
+        vec![
+            "member".to_owned(),
+            "update".to_owned(),
+            fid.clone(),
+            format!("--peer-urls={other_peer}"),
+        ],
+        vec![
+            "member".to_owned(),
+            "update".to_owned(),
+            fid.clone(),
+            format!("--peer-urls={new_peer}"),
+        ],
+        vec!["member".to_owned(), "list".to_owned()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = ctl(&ep, &args)?;
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("Error:")).collect();
+        let mut out: Vec<String> = norm(&out).lines().map(str::to_owned).collect();
+        out.sort();
+        transcript.push(format!(
+            "etcdctl {}: ok={ok}\n{}\n{}",
+            norm(&args.join(" ")),
+            out.join("\n"),
+            errors.join("\n")
+        ));
+    }
+
+    // Move the follower: same data dir and client URL, the new peer URL.
+    let old_peer = cluster.members[f].peer_url();
+    cluster.members[f].kill9()?;
+    let args: Vec<String> = cluster.members[f]
+        .args()
+        .iter()
+        .map(|a| a.to_string_lossy().replace(&old_peer, &new_peer))
+        .collect();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(cluster.members[f].stderr_path())?;
+    let _moved = Moved(
+        std::process::Command::new(kind.binary()?)
+            .args(&args)
+            .env_remove("ETCD_UNSUPPORTED_ARCH")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("restarting the moved member")?,
+    );
+    let fep = endpoints[f].clone();
+    rt.block_on(async {
+        put(&ep, "after-update", "v").await?;
+        wait_for(
+            "the moved member to receive a new write",
+            Duration::from_secs(30),
+            || {
+                let fep = fep.clone();
+                async move { Ok(get(&fep, "after-update", true).await?.filter(|v| v == b"v")) }
+            },
+        )
+        .await
+    })?;
+    Ok(transcript)
+}
+
+#[test]
+fn cluster3_member_update_matches_etcd35() -> Result<()> {
+    let expected = member_update(ServerKind::Etcd35)?;
+    let actual = member_update(ServerKind::Concord)?;
+    ensure!(
+        expected == actual,
+        "concord differs from etcd 3.5 (- etcd, + concord):\n{}",
+        line_diff(&expected.join("\n"), &actual.join("\n"))
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// A removed member restarted on its old data dir is refused by the others and stops
+// ------------------------------------------------------------------------------------------
+
+fn removed_member_restart(kind: ServerKind) -> Result<()> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    let rt = runtime()?;
+    let endpoints = cluster.endpoints();
+    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let f = (leader + 1) % 3;
+    let fid = format!(
+        "{:x}",
+        rt.block_on(status(&endpoints[f]))?
+            .header
+            .context("status without header")?
+            .member_id
+    );
+    let ep = endpoints[leader].clone();
+    // Removed while down, so it never applies its own removal.
+    cluster.members[f].kill9()?;
+    let (ok, out, err) = ctl_reconfig(&ep, &["member", "remove", &fid])?;
+    ensure!(ok, "member remove: {out} {err}");
+    cluster.members[f].restart_no_wait()?;
+    let start = Instant::now();
+    while cluster.members[f].is_running() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the removed member keeps running after a restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(cluster.members[f].stderr_path())?;
+    ensure!(
+        log.contains("the member has been permanently removed from the cluster"),
+        "the removed member did not say why it stopped:\n{}",
+        cluster.members[f].stderr_tail(20)
+    );
+    let refused = cluster.members.iter().enumerate().any(|(i, m)| {
+        i != f
+            && std::fs::read_to_string(m.stderr_path()).is_ok_and(|l| {
+                l.contains("rejected stream from remote peer because it was removed")
+            })
+    });
+    ensure!(refused, "no member logged refusing the removed member");
+    let (ok, _, err) = ctl(&ep, &["put", "after-removed-restart", "v"])?;
+    ensure!(ok, "put after the removed member's restart: {err}");
+    Ok(())
+}
+
+#[test]
+fn cluster3_removed_member_restart_is_refused_and_stops_concord() -> Result<()> {
+    removed_member_restart(ServerKind::Concord)
+}
+
+#[test]
+fn cluster3_removed_member_restart_is_refused_and_stops_etcd35() -> Result<()> {
+    removed_member_restart(ServerKind::Etcd35)
 }

@@ -1,6 +1,6 @@
 //! `etcdserverpb.Cluster`: `MemberList` (the members table, as every member holds it),
-//! `MemberAdd` (voter or learner), `MemberRemove` and `MemberPromote`, with etcd's rules and
-//! errors (in `server`). `MemberUpdate` answers gRPC `Unimplemented` until it lands.
+//! `MemberAdd` (voter or learner), `MemberRemove`, `MemberUpdate` (new peer URLs) and
+//! `MemberPromote`, with etcd's rules and errors (in `server` and `membership`).
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    cluster_server::Cluster,
+    MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
 };
 use crate::server::EtcdServer;
 
@@ -55,6 +55,18 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let members = self.server.member_remove(req.into_inner().id).await?;
         Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.server.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = req.into_inner();
+        let members = self.server.member_update(req.id, req.peer_ur_ls).await?;
+        Ok(Response::new(MemberUpdateResponse {
             header: Some(self.server.header(0)),
             members,
         }))

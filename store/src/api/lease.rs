@@ -1,8 +1,9 @@
 //! `etcdserverpb.Lease`: grant, revoke, keep-alive streams, time-to-live and listing.
 //!
 //! Grants and revokes go through raft (`server`); keep-alives and TTL queries are answered from
-//! the leader's lessor, as etcd does. Unknown leases answer as etcd's do: keep-alive with TTL 0,
-//! time-to-live with TTL -1.
+//! the leader's lessor, as etcd does (with lease checkpointing on, a keep-alive of a lease with a
+//! checkpointed remaining TTL first proposes resetting it). Unknown leases answer as etcd's do:
+//! keep-alive with TTL 0, time-to-live with TTL -1.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ impl Lease for LeaseService {
         let server = self.server.clone();
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
-                let resp = server.lease_renew(req.id).map_err(Status::from);
+                let resp = server.lease_renew(req.id).await.map_err(Status::from);
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
                     return;

@@ -1,7 +1,6 @@
 //! `etcdserverpb.Maintenance`: Status, Alarm (list, raise, disarm), Defragment, Hash, HashKV and
-//! Snapshot, with etcd 3.5's semantics (`api/v3rpc/maintenance.go`). MoveLeader belongs to the
-//! clustering work and Downgrade is not implemented: both answer gRPC `Unimplemented` (the
-//! generated defaults).
+//! Snapshot and MoveLeader, with etcd 3.5's semantics (`api/v3rpc/maintenance.go`). Downgrade is
+//! not implemented: it answers gRPC `Unimplemented` (the generated default).
 //!
 //! Snapshot streams the file `snapshot::create` writes in 32 KiB chunks with `remaining_bytes`,
 //! then one more message holding the SHA-256 of everything sent, as etcd does.
@@ -19,8 +18,9 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse, maintenance_server::Maintenance,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance,
 };
 use crate::server::EtcdServer;
 
@@ -116,6 +116,15 @@ impl Maintenance for MaintenanceService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         Ok(Response::new(self.server.hash_kv(req.into_inner()).await?))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.server.move_leader(req.into_inner().target_id).await?;
+        // etcd answers with an empty response, no header.
+        Ok(Response::new(MoveLeaderResponse::default()))
     }
 
     async fn snapshot(
