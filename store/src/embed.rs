@@ -290,31 +290,26 @@ pub async fn serve_all(
 
 /// Binds every `--listen-peer-urls` address.
 pub async fn bind_peer_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for addr in cfg
+    let addrs = cfg
         .listen_peer_addrs()
-        .map_err(|e| Error::DataDir(e.to_string()))?
-    {
-        let l = TcpListener::bind(addr).await.map_err(|e| {
-            Error::DataDir(format!(
-                "cannot listen on peer address {addr}: {e}; is another etcd or concord running there?"
-            ))
-        })?;
-        out.push(l);
-    }
-    Ok(out)
+        .map_err(|e| Error::DataDir(e.to_string()))?;
+    bind_all(addrs, "peer").await
 }
 
 /// Binds every `--listen-client-urls` address.
 pub async fn bind_client_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for addr in cfg
+    let addrs = cfg
         .listen_client_addrs()
-        .map_err(|e| Error::DataDir(e.to_string()))?
-    {
+        .map_err(|e| Error::DataDir(e.to_string()))?;
+    bind_all(addrs, "client").await
+}
+
+async fn bind_all(addrs: Vec<std::net::SocketAddr>, what: &str) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for addr in addrs {
         let l = TcpListener::bind(addr).await.map_err(|e| {
             Error::DataDir(format!(
-                "cannot listen on client address {addr}: {e}; is another etcd or concord running there?"
+                "cannot listen on {what} address {addr}: {e}; is another etcd or concord running there?"
             ))
         })?;
         out.push(l);

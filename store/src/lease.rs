@@ -125,11 +125,11 @@ pub fn checkpoint(
     Ok(())
 }
 
-/// Keys attached to lease `id`, in key order.
-pub fn attached_keys(tables: &WriteTables<'_>, id: i64) -> Result<Vec<Vec<u8>>> {
+/// Keys attached to lease `id`, in key order, from a `LEASE_KEYS` table of any transaction.
+fn keys_of(table: &impl ReadableTable<(i64, &'static [u8]), ()>, id: i64) -> Result<Vec<Vec<u8>>> {
     let lo: (i64, &[u8]) = (id, &[]);
     let mut keys = Vec::new();
-    for item in tables.lease_keys.range(lo..)? {
+    for item in table.range(lo..)? {
         let (k, _) = item?;
         let (lease, key) = k.value();
         if lease != id {
@@ -140,21 +140,15 @@ pub fn attached_keys(tables: &WriteTables<'_>, id: i64) -> Result<Vec<Vec<u8>>> 
     Ok(keys)
 }
 
+/// Keys attached to lease `id`, in key order, as of this transaction.
+pub fn attached_keys(tables: &WriteTables<'_>, id: i64) -> Result<Vec<Vec<u8>>> {
+    keys_of(&tables.lease_keys, id)
+}
+
 /// Keys attached to lease `id` in the committed state.
 pub fn committed_keys(backend: &Backend, id: i64) -> Result<Vec<Vec<u8>>> {
     let rtx = backend.db().begin_read()?;
-    let t = rtx.open_table(crate::backend::LEASE_KEYS)?;
-    let lo: (i64, &[u8]) = (id, &[]);
-    let mut keys = Vec::new();
-    for item in t.range(lo..)? {
-        let (k, _) = item?;
-        let (lease, key) = k.value();
-        if lease != id {
-            break;
-        }
-        keys.push(key.to_vec());
-    }
-    Ok(keys)
+    keys_of(&rtx.open_table(crate::backend::LEASE_KEYS)?, id)
 }
 
 #[derive(Debug, Clone)]

@@ -76,6 +76,19 @@ pub struct ServerConfig {
     pub raft: RaftConfig,
 }
 
+/// Proposes `$req` and unwraps the `Applied::$variant` it must produce, with the header filled.
+macro_rules! proposed {
+    ($self:ident, $req:expr, $variant:ident) => {
+        match $self.propose($req).await? {
+            Applied::$variant(mut r) => {
+                $self.fill(&mut r.header);
+                Ok(r)
+            }
+            other => Err(mismatch(other)),
+        }
+    };
+}
+
 /// A running member.
 pub struct EtcdServer {
     cfg: ServerConfig,
@@ -273,43 +286,19 @@ impl EtcdServer {
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        match self.propose(Request::Put(req)).await? {
-            Applied::Put(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::Put(req), Put)
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        match self.propose(Request::DeleteRange(req)).await? {
-            Applied::DeleteRange(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::DeleteRange(req), DeleteRange)
     }
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        match self.propose(Request::Txn(req)).await? {
-            Applied::Txn(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::Txn(req), Txn)
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
-        match self.propose(Request::Compaction(req)).await? {
-            Applied::Compaction(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::Compaction(req), Compaction)
     }
 
     /// etcd's minimum lease TTL: 1.5 election timeouts (in whole ticks), rounded up to seconds.
@@ -328,23 +317,11 @@ impl EtcdServer {
             req.id = (self.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
         }
         req.ttl = req.ttl.max(self.min_lease_ttl());
-        match self.propose(Request::LeaseGrant(req)).await? {
-            Applied::LeaseGrant(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::LeaseGrant(req), LeaseGrant)
     }
 
     pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
-        match self.propose(Request::LeaseRevoke(req)).await? {
-            Applied::LeaseRevoke(mut r) => {
-                self.fill(&mut r.header);
-                Ok(r)
-            }
-            other => Err(mismatch(other)),
-        }
+        proposed!(self, Request::LeaseRevoke(req), LeaseRevoke)
     }
 
     /// Proposes lease checkpoints through raft (etcd's checkpointer); leader only.
