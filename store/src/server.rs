@@ -279,10 +279,7 @@ impl EtcdServer {
             data,
             reply: tx,
         })?;
-        tokio::time::timeout(self.cfg.request_timeout, rx)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Stopped)?
+        self.wait_reply(rx).await
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
@@ -322,6 +319,14 @@ impl EtcdServer {
 
     pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
         proposed!(self, Request::LeaseRevoke(req), LeaseRevoke)
+    }
+
+    /// Waits for the raft loop's answer to a request, up to the request timeout.
+    async fn wait_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.cfg.request_timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Stopped)?
     }
 
     /// Proposes lease checkpoints through raft (etcd's checkpointer); leader only.
@@ -629,10 +634,7 @@ impl EtcdServer {
             data,
             reply: tx,
         })?;
-        tokio::time::timeout(self.cfg.request_timeout, rx)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Stopped)?
+        self.wait_reply(rx).await
     }
 
     /// Publishes this member's name and client URLs through raft, as etcd does after every
@@ -679,10 +681,7 @@ impl EtcdServer {
         let (tx, rx) = oneshot::channel();
         self.raft
             .send(Msg::ProposeConfChange { id, cc, reply: tx })?;
-        tokio::time::timeout(self.cfg.request_timeout, rx)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Stopped)?
+        self.wait_reply(rx).await
     }
 
     /// Adds a member (a learner, or a voter) with `peer_urls`; returns it and the new list.
