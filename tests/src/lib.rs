@@ -29,6 +29,7 @@
 
 pub mod cluster;
 pub mod etcdctl;
+pub mod ledger;
 pub mod normalize;
 pub mod server;
 

@@ -27,6 +27,7 @@ use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_store::proto::etcdserverpb::{
     MemberListRequest, MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
 };
+use concord_tests::ledger::{Ledger, verify, writer};
 use concord_tests::{Cluster, Etcdctl, Normalizer, ServerKind, line_diff, random_u64};
 use tonic::transport::{Channel, Endpoint};
 
@@ -323,12 +324,6 @@ const WRITERS: usize = 6;
 const MAX_PUTS_PER_WRITER: u64 = 2_000;
 
 /// Every put a writer attempted, and the ones a member acknowledged.
-#[derive(Default)]
-struct Ledger {
-    acked: Vec<(Vec<u8>, Vec<u8>)>,
-    attempted: HashMap<Vec<u8>, Vec<u8>>,
-}
-
 struct Writers {
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
@@ -341,7 +336,16 @@ impl Writers {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..WRITERS)
-            .map(|id| rt.spawn(writer(id, endpoints.to_vec(), ledger.clone(), stop.clone())))
+            .map(|id| {
+                rt.spawn(writer(
+                    id,
+                    PREFIX,
+                    endpoints.to_vec(),
+                    MAX_PUTS_PER_WRITER,
+                    ledger.clone(),
+                    stop.clone(),
+                ))
+            })
             .collect();
         Writers {
             ledger,
@@ -375,112 +379,6 @@ impl Writers {
         }
         Ok(self.ledger)
     }
-}
-
-/// Writes `cluster/<writer>/<seq>` = a unique value, one at a time. Each key is attempted once,
-/// so an acknowledged key has exactly one possible value.
-async fn writer(
-    id: usize,
-    endpoints: Vec<String>,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-) {
-    let nonce = random_u64();
-    let mut at = id % endpoints.len();
-    let mut client: Option<KvClient<Channel>> = None;
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) && seq < MAX_PUTS_PER_WRITER {
-        let key = format!("{PREFIX}{id:02}/{seq:06}").into_bytes();
-        let value = format!("v-{id}-{seq}-{nonce:016x}").into_bytes();
-        seq += 1;
-        let kv = match &mut client {
-            Some(c) => c,
-            None => match channel(&endpoints[at]) {
-                Ok(ch) => client.insert(KvClient::new(ch)),
-                Err(_) => {
-                    at = (at + 1) % endpoints.len();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        ledger
-            .lock()
-            .unwrap()
-            .attempted
-            .insert(key.clone(), value.clone());
-        let req = PutRequest {
-            key: key.clone(),
-            value: value.clone(),
-            ..Default::default()
-        };
-        match kv.put(req).await {
-            Ok(_) => ledger.lock().unwrap().acked.push((key, value)),
-            Err(_) => {
-                // Member down or without a leader: try the next member.
-                client = None;
-                at = (at + 1) % endpoints.len();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
-
-/// Checks on `endpoint` (linearizable read) that every acknowledged write is there with its
-/// value and that nothing there was never attempted. Returns the number of acknowledged writes.
-async fn verify(endpoint: &str, ledger: &Mutex<Ledger>) -> Result<usize> {
-    let acked = ledger.lock().unwrap().acked.clone();
-    let resp = KvClient::new(channel(endpoint)?)
-        .max_decoding_message_size(64 << 20)
-        .range(RangeRequest {
-            key: PREFIX.into(),
-            range_end: prefix_end(PREFIX.as_bytes()),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("range over the written keys on {endpoint}"))?
-        .into_inner();
-    let stored: HashMap<Vec<u8>, Vec<u8>> =
-        resp.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-    let attempted = ledger.lock().unwrap().attempted.clone();
-    let missing: Vec<String> = acked
-        .iter()
-        .filter(|(k, v)| stored.get(k) != Some(v))
-        .take(20)
-        .map(|(k, v)| {
-            format!(
-                "{} acked as {:?}, stored {:?}",
-                String::from_utf8_lossy(k),
-                String::from_utf8_lossy(v),
-                stored
-                    .get(k)
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-            )
-        })
-        .collect();
-    ensure!(
-        missing.is_empty(),
-        "{endpoint}: acknowledged writes lost or wrong (of {}), e.g.:\n{}",
-        acked.len(),
-        missing.join("\n")
-    );
-    for (k, v) in &stored {
-        ensure!(
-            attempted.get(k) == Some(v),
-            "{endpoint}: stored {} = {:?} was never written",
-            String::from_utf8_lossy(k),
-            String::from_utf8_lossy(v)
-        );
-    }
-    Ok(acked.len())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -522,7 +420,7 @@ fn cluster3_leader_kill9_while_writing_elects_a_new_leader_concord() -> Result<(
     writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
     let ledger = writers.finish(&rt)?;
     for ep in cluster.endpoints() {
-        let n = rt.block_on(verify(&ep, &ledger))?;
+        let n = rt.block_on(verify(&ep, PREFIX, &ledger))?;
         eprintln!("{ep}: all {n} acknowledged writes present");
     }
     Ok(())
@@ -555,7 +453,7 @@ fn cluster3_paused_leader_is_replaced_and_catches_up_concord() -> Result<()> {
     writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
     let ledger = writers.finish(&rt)?;
     for ep in cluster.endpoints() {
-        let n = rt.block_on(verify(&ep, &ledger))?;
+        let n = rt.block_on(verify(&ep, PREFIX, &ledger))?;
         eprintln!("{ep}: all {n} acknowledged writes present");
     }
     Ok(())
@@ -581,14 +479,14 @@ fn cluster3_kill9_every_member_and_restart_loses_nothing_concord() -> Result<()>
                 .with_context(|| format!("restarting {} in round {round}", m.name()))?;
         }
         for ep in cluster.endpoints() {
-            let n = rt.block_on(verify(&ep, &writers.ledger))?;
+            let n = rt.block_on(verify(&ep, PREFIX, &writers.ledger))?;
             ensure!(n >= acked, "{ep}: {n} < {acked}");
         }
     }
     writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
     let ledger = writers.finish(&rt)?;
     for ep in cluster.endpoints() {
-        let n = rt.block_on(verify(&ep, &ledger))?;
+        let n = rt.block_on(verify(&ep, PREFIX, &ledger))?;
         eprintln!("{ep}: all {n} acknowledged writes present");
     }
     Ok(())
