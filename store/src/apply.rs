@@ -37,6 +37,8 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
     Alarm(AlarmResponse),
+    /// An auth management request or Authenticate (see `auth::apply`).
+    Auth(crate::auth::AuthApplied),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -49,12 +51,23 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 /// Applies one raft entry's payload. Returns the proposal id (0 if the payload is not a
 /// client request) and the outcome; a failed request leaves the state untouched.
 pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Applied>) {
-    let req = match InternalRequest::decode(data) {
+    let req = match InternalRequest::decode(data).map_err(Error::from) {
         Ok(r) => r,
-        Err(e) => return (0, Err(e.into())),
+        Err(e) => return (0, Err(e)),
+    };
+    // A client request made with credentials: checked against the auth store (etcd's
+    // authApplierV3) before anything else.
+    let (req, who) = match crate::auth::unwrap_proposal(req) {
+        Ok(r) => r,
+        Err(e) => return (0, Err(e)),
     };
     if let Some(r) = &req.request
         && let Err(e) = check_alarms(tables, r)
+    {
+        return (req.id, Err(e));
+    }
+    if let (Some(who), Some(r)) = (&who, &req.request)
+        && let Err(e) = crate::auth::apply::check_entry(tables, who, r)
     {
         return (req.id, Err(e));
     }
@@ -96,6 +109,12 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
         Some(Request::MemberAttrSet(_) | Request::MemberUpdate(_)) => Err(Error::Raft(
             "membership request reached the key-value applier".into(),
         )),
+        Some(r) if crate::auth::apply::is_auth_request(&r) => crate::auth::apply::apply(tables, &r)
+            .map(|mut a| {
+                a.store_revision = tables.revs().current;
+                Applied::Auth(a)
+            }),
+        Some(_) => Err(Error::Raft("unexpected request kind".into())),
         None => Err(Error::Raft("empty internal request".into())),
     };
     (req.id, out)

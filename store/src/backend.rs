@@ -98,6 +98,24 @@ pub const COMPACTION_HASHES: TableDefinition<u64, (u32, i64)> =
 /// How many compaction hashes are kept (etcd's `hashStorageMaxSize`).
 pub const COMPACTION_HASHES_KEPT: usize = 10;
 
+/// Auth store counters (etcd's `auth` bucket): `enabled` (0 or 1), `revision` (etcd's auth
+/// revision; absent means 1, as etcd's store starts at 1) and `token_index` (the number after
+/// the dot of the last simple token issued). Written only by applied auth requests. Owned by
+/// `auth`.
+pub const AUTH: TableDefinition<&str, u64> = TableDefinition::new("auth");
+/// Users (etcd's `authUsers` bucket): user name -> `authpb.User` (prost; `password` is the
+/// bcrypt hash). Owned by `auth`.
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+/// Roles (etcd's `authRoles` bucket): role name -> `authpb.Role` (prost; permissions sorted by
+/// key). Owned by `auth`.
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
+/// Simple tokens issued and not yet dropped: token index (the number after the dot) ->
+/// `concordpb.SimpleTokenRecord` (prost). etcd keeps these in memory on every member; here the
+/// applied `Authenticate` writes them, so every member knows every token, and old ones are
+/// dropped in index order when new ones are issued. Cleared when auth is disabled. Owned by
+/// `auth`.
+pub const AUTH_TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("auth_tokens");
+
 /// How long [`Backend::defragment`] waits for the transactions in flight to end.
 const DEFRAG_WAIT: Duration = Duration::from_secs(30);
 
@@ -175,6 +193,10 @@ impl Backend {
             wtx.open_table(LEASE_KEYS)?;
             wtx.open_table(ALARMS)?;
             wtx.open_table(COMPACTION_HASHES)?;
+            wtx.open_table(AUTH)?;
+            wtx.open_table(AUTH_USERS)?;
+            wtx.open_table(AUTH_ROLES)?;
+            wtx.open_table(AUTH_TOKENS)?;
         }
         wtx.commit()?;
         Ok(())

@@ -75,13 +75,50 @@ pub enum AutoCompactionRetention {
 }
 
 /// One side's TLS settings (`--cert-file`... for clients, `--peer-cert-file`... for peers).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub auto_tls: bool,
+    /// `--client-crl-file` / `--peer-crl-file`.
+    pub crl_file: Option<PathBuf>,
+    /// `--peer-cert-allowed-cn` (peers only).
+    pub allowed_cns: Vec<String>,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`.
+    pub allowed_hostnames: Vec<String>,
+    /// `--cipher-suites` (Go's names; both sides).
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version`: 12 or 13 (0: TLS 1.2).
+    pub min_version: u8,
+    /// `--tls-max-version`: 12 or 13 (0: the newest).
+    pub max_version: u8,
+    /// `--self-signed-cert-validity`, in years, for auto-TLS certificates.
+    pub self_signed_cert_validity: u64,
+    /// `--experimental-peer-skip-client-san-verification` (peers only).
+    pub skip_client_san_verify: bool,
+}
+
+impl Default for TlsConfig {
+    /// etcd's flag defaults: TLS 1.2 at least, auto-TLS certificates valid for one year.
+    fn default() -> TlsConfig {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            auto_tls: false,
+            crl_file: None,
+            allowed_cns: Vec::new(),
+            allowed_hostnames: Vec::new(),
+            cipher_suites: Vec::new(),
+            min_version: 12,
+            max_version: 0,
+            self_signed_cert_validity: 1,
+            skip_client_san_verify: false,
+        }
+    }
 }
 
 /// The settings a concord member runs with.
@@ -125,6 +162,13 @@ pub struct Config {
     /// etcd 3.5 has no flag for it, so neither has concord; the environment variable
     /// [`LEASE_CHECKPOINT_INTERVAL_ENV`] (a Go duration) sets it, for tests and experiments.
     pub lease_checkpoint_interval: Duration,
+    /// `--auth-token`: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`
+    /// (parsed and its keys loaded when the member starts, by `auth`).
+    pub auth_token: String,
+    /// `--auth-token-ttl` in seconds (simple tokens).
+    pub auth_token_ttl: u64,
+    /// `--bcrypt-cost` (out-of-range values fall back to 10 with a warning, as etcd).
+    pub bcrypt_cost: u64,
 }
 
 impl Default for Config {
@@ -162,6 +206,9 @@ impl Default for Config {
             lease_checkpoint: false,
             lease_checkpoint_persist: false,
             lease_checkpoint_interval: Duration::from_secs(300),
+            auth_token: "simple".to_owned(),
+            auth_token_ttl: 300,
+            bcrypt_cost: 10,
         }
     }
 }
@@ -347,6 +394,29 @@ pub const ACTED_ON: &[&str] = &[
     "experimental-watch-progress-notify-interval",
     "experimental-enable-lease-checkpoint",
     "experimental-enable-lease-checkpoint-persist",
+    "auth-token",
+    "auth-token-ttl",
+    "bcrypt-cost",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "client-crl-file",
+    "client-cert-allowed-hostname",
+    "auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
+    "peer-crl-file",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "peer-auto-tls",
+    "self-signed-cert-validity",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+    "experimental-peer-skip-client-san-verification",
 ];
 
 /// How a flag's value is written and checked (Go's flag value types, and etcd's own).
@@ -1311,6 +1381,16 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
                 .to_owned(),
         ));
     }
+    crate::tls::check_cipher_suites(&values.list("cipher-suites")).map_err(invalid)?;
+    if !values.list("peer-cert-allowed-cn").is_empty()
+        && !values.list("peer-cert-allowed-hostname").is_empty()
+    {
+        return Err(invalid(format!(
+            "AllowedCNs and AllowedHostnames are mutually exclusive (cns={:?}, hostnames={:?}); give only one of --peer-cert-allowed-cn and --peer-cert-allowed-hostname",
+            values.list("peer-cert-allowed-cn"),
+            values.list("peer-cert-allowed-hostname")
+        )));
+    }
     if values.boolean("experimental-enable-distributed-tracing") {
         let rate = values.int("experimental-distributed-tracing-sampling-rate");
         if rate < 0 {
@@ -1399,6 +1479,14 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
             trusted_ca_file: path("trusted-ca-file"),
             client_cert_auth: values.boolean("client-cert-auth"),
             auto_tls: values.boolean("auto-tls"),
+            crl_file: path("client-crl-file"),
+            allowed_cns: Vec::new(),
+            allowed_hostnames: values.list("client-cert-allowed-hostname"),
+            cipher_suites: values.list("cipher-suites"),
+            min_version: min_tls,
+            max_version: max_tls,
+            self_signed_cert_validity: values.uint("self-signed-cert-validity"),
+            skip_client_san_verify: false,
         },
         peer_tls: TlsConfig {
             cert_file: path("peer-cert-file"),
@@ -1406,8 +1494,20 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
             trusted_ca_file: path("peer-trusted-ca-file"),
             client_cert_auth: values.boolean("peer-client-cert-auth"),
             auto_tls: values.boolean("peer-auto-tls"),
+            crl_file: path("peer-crl-file"),
+            allowed_cns: values.list("peer-cert-allowed-cn"),
+            allowed_hostnames: values.list("peer-cert-allowed-hostname"),
+            cipher_suites: values.list("cipher-suites"),
+            min_version: min_tls,
+            max_version: max_tls,
+            self_signed_cert_validity: values.uint("self-signed-cert-validity"),
+            skip_client_san_verify: values
+                .boolean("experimental-peer-skip-client-san-verification"),
         },
         enable_pprof: values.boolean("enable-pprof"),
+        auth_token: values.string("auth-token"),
+        auth_token_ttl: values.uint("auth-token-ttl"),
+        bcrypt_cost: values.uint("bcrypt-cost"),
         listen_metrics_urls,
         force_new_cluster: values.boolean("force-new-cluster"),
         watch_progress_notify_interval: Duration::from_nanos(
@@ -2645,14 +2745,12 @@ mod tests {
             },
             WarnCase {
                 args: &[
-                    "--cert-file=/c",
                     "--enable-pprof",
                     "--force-new-cluster",
                     "--strict-reconfig-check=false",
                 ],
                 env: &[],
                 want: &[
-                    "--cert-file ",
                     "--enable-pprof ",
                     "--force-new-cluster ",
                     "--strict-reconfig-check ",

@@ -4,6 +4,11 @@
 //!
 //! `main` stays thin: it parses flags, sets up logging and calls [`start`] and [`serve_all`].
 //! Tests call [`start`] and [`serve`] with listeners they bound themselves (port 0).
+//!
+//! TLS: [`tls`] builds both sides' TLS from the flags (making auto-TLS certificates under
+//! `<data-dir>/fixtures/`), [`bind_client_listeners`] and [`bind_peer_listeners`] attach it to
+//! every `https` listener (refusing `https` without certificates, with etcd's messages), and
+//! [`start_with`] hands the peer side to the transport for `https` peer URLs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,12 +24,75 @@ use crate::ids::{cluster_id, member_id, url_string};
 use crate::membership;
 use crate::raft::RaftConfig;
 use crate::server::{EtcdServer, ServerConfig};
+use crate::tls::{Side, Tls};
+
+/// Both sides' TLS, from the flags; `None` where a side has no certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSetup {
+    /// For `https` client listeners.
+    pub client: Option<Tls>,
+    /// For `https` peer listeners and connections to `https` peer URLs.
+    pub peer: Option<Tls>,
+}
+
+/// A bound listener and, for an `https` URL, its TLS.
+#[derive(Debug)]
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<Tls>,
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+}
+
+/// Builds both sides' TLS as etcd's `configurePeerListeners`/`configureClientListeners` do:
+/// `--auto-tls`/`--peer-auto-tls` make (or reuse) a self-signed certificate for the listen
+/// URLs' hosts under `<data-dir>/fixtures/{client,peer}` when no certificate is given.
+pub fn tls(cfg: &Config) -> Result<TlsSetup> {
+    let hosts = |urls: &[url::Url]| -> Vec<String> {
+        urls.iter()
+            .map(|u| match (u.host_str(), u.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_owned(),
+                _ => String::new(),
+            })
+            .collect()
+    };
+    let fixtures = cfg.data_dir.join("fixtures");
+    let peer = Tls::from_config(
+        &cfg.peer_tls,
+        Side::Peer,
+        &fixtures.join("peer"),
+        &hosts(&cfg.listen_peer_urls),
+    )
+    .map_err(|e| Error::DataDir(format!("failed to set up peer TLS: {e}")))?;
+    let client = Tls::from_config(
+        &cfg.client_tls,
+        Side::Client,
+        &fixtures.join("client"),
+        &hosts(&cfg.listen_client_urls),
+    )
+    .map_err(|e| Error::DataDir(format!("failed to set up client TLS: {e}")))?;
+    Ok(TlsSetup { client, peer })
+}
 
 /// Member and cluster ids and the voters: read from the data dir, or derived from the flags on
 /// first start, when the initial members are written to the data dir in the same transaction.
 /// `snapshot restore` calls it too, so a restored data dir gets the identity a first start
 /// with the same flags would give.
 pub fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)> {
+    identity_with(cfg, backend, None)
+}
+
+/// [`identity`], joining an existing cluster over `peer_tls` for `https` peer URLs.
+pub fn identity_with(
+    cfg: &Config,
+    backend: &Backend,
+    peer_tls: Option<&Tls>,
+) -> Result<(u64, u64, Vec<u64>)> {
     let own_urls: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
@@ -52,7 +120,7 @@ pub fn identity(cfg: &Config, backend: &Backend) -> Result<(u64, u64, Vec<u64>)>
     }
     let own = member_id(&own_urls, &cfg.initial_cluster_token, None);
     if cfg.initial_cluster_state == ClusterState::Existing {
-        return join(cfg, backend, own_urls);
+        return join(cfg, backend, own_urls, peer_tls);
     }
     let members = membership::initial_members(&cfg.initial_cluster, &cfg.initial_cluster_token);
     membership::check_local_member(&members, own, &cfg.name, &own_urls, &cfg.initial_cluster)?;
@@ -77,6 +145,7 @@ fn join(
     cfg: &Config,
     backend: &Backend,
     mut own_urls: Vec<String>,
+    peer_tls: Option<&Tls>,
 ) -> Result<(u64, u64, Vec<u64>)> {
     let others: Vec<String> = cfg
         .initial_cluster
@@ -86,8 +155,9 @@ fn join(
         .collect();
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| Error::Raft("a member must be started inside a tokio runtime".into()))?;
-    let fetched =
-        tokio::task::block_in_place(|| rt.block_on(crate::transport::fetch_members(&others)));
+    let fetched = tokio::task::block_in_place(|| {
+        rt.block_on(crate::transport::fetch_members(&others, peer_tls))
+    });
     let (cid, members) = fetched?;
     own_urls.sort();
     let Some(own) = members.iter().find(|m| {
@@ -149,6 +219,8 @@ pub fn server_config(
         lease_checkpoint: cfg.lease_checkpoint,
         lease_checkpoint_persist: cfg.lease_checkpoint_persist,
         lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+        auth: crate::auth::AuthConfig::from_config(cfg),
+        peer_tls: None,
         raft: RaftConfig {
             id: member_id,
             initial_voters: voters,
@@ -175,8 +247,13 @@ fn compaction_policy(cfg: &Config) -> Option<Policy> {
 
 /// Opens the data dir and starts the member (raft loop included); serves nothing yet.
 pub fn start(cfg: &Config) -> Result<Arc<EtcdServer>> {
+    start_with(cfg, &tls(cfg)?)
+}
+
+/// [`start`] with TLS already built by [`tls`] (its peer side reaches `https` peer URLs).
+pub fn start_with(cfg: &Config, tls: &TlsSetup) -> Result<Arc<EtcdServer>> {
     let backend = Arc::new(Backend::open(&cfg.data_dir)?);
-    let (member, cluster, voters) = identity(cfg, &backend)?;
+    let (member, cluster, voters) = identity_with(cfg, &backend, tls.peer.as_ref())?;
     tracing::info!(
         name = %cfg.name,
         member_id = format!("{member:x}"),
@@ -184,7 +261,9 @@ pub fn start(cfg: &Config) -> Result<Arc<EtcdServer>> {
         data_dir = %cfg.data_dir.display(),
         "starting member"
     );
-    EtcdServer::start(server_config(cfg, member, cluster, voters), backend)
+    let mut scfg = server_config(cfg, member, cluster, voters);
+    scfg.peer_tls = tls.peer.clone();
+    EtcdServer::start(scfg, backend)
 }
 
 /// Publishes the member through raft (which needs a leader), then serves the client api on
@@ -194,6 +273,7 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let listeners = listeners.into_iter().map(Listener::from).collect();
     serve_all(server, listeners, Vec::new(), shutdown).await
 }
 
@@ -201,13 +281,13 @@ pub async fn serve(
 /// through raft, then serves the client api on every client listener until `shutdown`.
 pub async fn serve_all(
     server: Arc<EtcdServer>,
-    listeners: Vec<TcpListener>,
-    peer_listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
+    peer_listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let mut peer_tasks = Vec::new();
-    for l in peer_listeners {
+    for Listener { tcp: l, tls } in peer_listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
         let mut rx = peer_stop_rx.clone();
         let service = server.peer_service();
@@ -215,7 +295,7 @@ pub async fn serve_all(
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::transport::serve_peers(l, service, stop).await {
+            if let Err(e) = crate::transport::serve_peers(l, service, tls, stop).await {
                 tracing::error!(error = %e, "peer listener failed");
             }
         }));
@@ -245,7 +325,7 @@ pub async fn serve_all(
     let lessor = tokio::spawn(server.clone().run_lessor());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    for l in listeners {
+    for Listener { tcp: l, tls } in listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
         let mut rx = stop_rx.clone();
         let server = server.clone();
@@ -253,7 +333,7 @@ pub async fn serve_all(
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            crate::api::serve_client(l, server, stop).await
+            crate::api::serve_client(l, server, tls, stop).await
         }));
         tracing::info!(address = %addr, "ready to serve client requests");
     }
@@ -288,20 +368,70 @@ pub async fn serve_all(
     Ok(())
 }
 
-/// Binds every `--listen-peer-urls` address.
-pub async fn bind_peer_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
+/// Binds every `--listen-peer-urls` address; `https` ones serve with the peer TLS.
+pub async fn bind_peer_listeners(cfg: &Config, tls: &TlsSetup) -> Result<Vec<Listener>> {
     let addrs = cfg
         .listen_peer_addrs()
         .map_err(|e| Error::DataDir(e.to_string()))?;
-    bind_all(addrs, "peer").await
+    let mut schemes = Vec::new();
+    for u in &cfg.listen_peer_urls {
+        let secure = u.scheme() == "https";
+        if !secure && tls.peer.is_some() {
+            tracing::warn!(peer_url = %u, "scheme is HTTP while key and cert files are present; ignoring key and cert files");
+        }
+        if !secure && cfg.peer_tls.client_cert_auth {
+            tracing::warn!(peer_url = %u, "scheme is HTTP while --peer-client-cert-auth is enabled; ignoring client cert auth for this URL");
+        }
+        if secure && tls.peer.is_none() {
+            let host = u.host_str().unwrap_or_default();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            return Err(Error::DataDir(format!(
+                "cannot listen on TLS for {host}{port}: KeyFile and CertFile are not presented \
+                 (give --peer-cert-file and --peer-key-file, or --peer-auto-tls)"
+            )));
+        }
+        schemes.push(secure);
+    }
+    let bound = bind_all(addrs, "peer").await?;
+    Ok(with_tls(bound, &schemes, tls.peer.as_ref()))
 }
 
-/// Binds every `--listen-client-urls` address.
-pub async fn bind_client_listeners(cfg: &Config) -> Result<Vec<TcpListener>> {
+/// Binds every `--listen-client-urls` address; `https` ones serve with the client TLS.
+pub async fn bind_client_listeners(cfg: &Config, tls: &TlsSetup) -> Result<Vec<Listener>> {
     let addrs = cfg
         .listen_client_addrs()
         .map_err(|e| Error::DataDir(e.to_string()))?;
-    bind_all(addrs, "client").await
+    let mut schemes = Vec::new();
+    for u in &cfg.listen_client_urls {
+        let secure = u.scheme() == "https";
+        if !secure && tls.client.is_some() {
+            tracing::warn!(client_url = %u, "scheme is http or unix while key and cert files are present; ignoring key and cert files");
+        }
+        if !secure && cfg.client_tls.client_cert_auth {
+            tracing::warn!(client_url = %u, "scheme is http or unix while --client-cert-auth is enabled; ignoring client cert auth for this URL");
+        }
+        if secure && tls.client.is_none() {
+            return Err(Error::DataDir(format!(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {} \
+                 with HTTPS scheme",
+                crate::ids::url_string(u)
+            )));
+        }
+        schemes.push(secure);
+    }
+    let bound = bind_all(addrs, "client").await?;
+    Ok(with_tls(bound, &schemes, tls.client.as_ref()))
+}
+
+fn with_tls(bound: Vec<TcpListener>, secure: &[bool], tls: Option<&Tls>) -> Vec<Listener> {
+    bound
+        .into_iter()
+        .zip(secure)
+        .map(|(tcp, secure)| Listener {
+            tcp,
+            tls: if *secure { tls.cloned() } else { None },
+        })
+        .collect()
 }
 
 async fn bind_all(addrs: Vec<std::net::SocketAddr>, what: &str) -> Result<Vec<TcpListener>> {

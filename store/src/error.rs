@@ -96,6 +96,46 @@ pub enum Error {
     /// `v3election.ErrMissingLeaderKey`.
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd's `auth.ErrNoPasswordUser`, which etcd maps to no gRPC code (clients see `Unknown`).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// Authenticate with a JWT provider that has only a public key (etcd's `ErrVerifyOnly`).
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     /// The backend failed; the message says what broke. The server stops applying after this.
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
@@ -140,6 +180,14 @@ impl Error {
             SessionExpired | ElectionNoLeader | ElectionNotLeader | MissingLeaderKey => {
                 Code::Unknown
             }
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            NoPasswordUser | VerifyOnly => Code::Unknown,
             Storage(_) | Raft(_) | DataDir(_) => Code::Internal,
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod compactor;
 pub mod concurrency;
@@ -22,6 +23,7 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod transport;
 pub mod watch;
 

@@ -69,9 +69,10 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listeners = embed::bind_client_listeners(&cfg).await?;
-        let server = embed::start(&cfg).context("cannot start the member")?;
-        let peer_listeners = embed::bind_peer_listeners(&cfg).await?;
+        let tls = embed::tls(&cfg)?;
+        let peer_listeners = embed::bind_peer_listeners(&cfg, &tls).await?;
+        let listeners = embed::bind_client_listeners(&cfg, &tls).await?;
+        let server = embed::start_with(&cfg, &tls).context("cannot start the member")?;
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

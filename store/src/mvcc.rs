@@ -273,6 +273,8 @@ pub struct WriteTables<'t> {
     pub alarms: Table<'t, (u64, i32), ()>,
     /// Hashes computed while compacting (see `backend::COMPACTION_HASHES`).
     pub compaction_hashes: Table<'t, u64, (u32, i64)>,
+    /// The auth store's tables (see `backend::AUTH*`); only `auth` reads and writes them.
+    pub auth: crate::auth::AuthTables<'t>,
     /// Current main revision as of the last finished write request.
     current: i64,
     /// Revision of the last compaction.
@@ -299,6 +301,7 @@ impl<'t> WriteTables<'t> {
             lease_keys: wtx.open_table(LEASE_KEYS)?,
             alarms: wtx.open_table(ALARMS)?,
             compaction_hashes: wtx.open_table(COMPACTION_HASHES)?,
+            auth: crate::auth::AuthTables::open(wtx)?,
             current,
             compact,
             events: Vec::new(),

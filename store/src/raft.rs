@@ -283,6 +283,11 @@ impl RaftHandle {
         *self.status.borrow()
     }
 
+    /// A receiver of every status the loop publishes (leadership changes among them).
+    pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
     /// A sender into the loop, for the peer transport's incoming messages.
     pub fn sender(&self) -> Sender<Msg> {
         self.tx.clone()

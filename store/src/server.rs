@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_CHECKPOINT_BATCH, MAX_LEASE_TTL};
 use crate::membership;
 use crate::mvcc::ReadView;
+use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::{
     InternalRequest, LeaseCheckpoints, MemberAttrSet, internal_request::Request,
 };
@@ -34,13 +35,13 @@ use crate::proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use crate::proto::etcdserverpb::{
-    LeaseCheckpoint, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::proto::etcdserverpb::{MemberPromoteRequest, MemberUpdateRequest};
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
-use crate::transport::{PeerService, Transport};
+use crate::transport::{LeaderLeases, PeerService, Transport};
 use crate::watch::WatchHub;
 use raft::prelude::{ConfChange, ConfChangeType};
 
@@ -73,7 +74,11 @@ pub struct ServerConfig {
     pub lease_checkpoint_persist: bool,
     /// Interval between lease checkpoints (etcd's embed-only `LeaseCheckpointInterval`).
     pub lease_checkpoint_interval: Duration,
+    /// TLS for connections to `https` peer URLs (`--peer-cert-file`..., `--peer-auto-tls`).
+    pub peer_tls: Option<crate::tls::Tls>,
     pub raft: RaftConfig,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, `--client-cert-auth`.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Proposes `$req` and unwraps the `Applied::$variant` it must produce, with the header filled.
@@ -99,12 +104,15 @@ pub struct EtcdServer {
     /// Links to the other members (membership changes check who is connected).
     transport: Arc<Transport>,
     next_id: AtomicU64,
+    /// Users, roles, tokens and permission checks (see `auth`).
+    auth: crate::auth::AuthStore,
 }
 
 impl EtcdServer {
     /// Starts the member on `backend`: loads raft state and starts the raft loop.
     pub fn start(cfg: ServerConfig, backend: Arc<Backend>) -> Result<Arc<EtcdServer>> {
         let hub = WatchHub::new(backend.clone())?;
+        let auth = crate::auth::AuthStore::new(backend.clone(), cfg.auth.clone())?;
         let lessor = Arc::new(Lessor::load(
             &backend,
             cfg.lease_checkpoint
@@ -112,7 +120,7 @@ impl EtcdServer {
         )?);
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Raft("a member must be started inside a tokio runtime".into()))?;
-        let transport = Transport::new(cfg.member_id, cfg.cluster_id, rt);
+        let transport = Transport::new(cfg.member_id, cfg.cluster_id, cfg.peer_tls.clone(), rt);
         for m in membership::list(&backend)? {
             transport.add_peer(m.id, m.peer_ur_ls);
         }
@@ -138,7 +146,13 @@ impl EtcdServer {
             lessor,
             transport,
             next_id: AtomicU64::new(seed),
+            auth,
         }))
+    }
+
+    /// The auth store of this member.
+    pub fn auth(&self) -> &crate::auth::AuthStore {
+        &self.auth
     }
 
     /// The watch hub of this member.
@@ -263,13 +277,10 @@ impl EtcdServer {
     }
 
     /// Proposes `request` as is and waits until it is applied.
-    async fn submit(&self, request: Request) -> Result<Applied> {
+    pub(crate) async fn submit(&self, request: Request) -> Result<Applied> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = InternalRequest {
-            id,
-            request: Some(request),
-        }
-        .encode_to_vec();
+        // With the credentials of the client request being served, if any (see `auth`).
+        let data = crate::auth::wrap_proposal(id, request).encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -344,18 +355,17 @@ impl EtcdServer {
         }
     }
 
-    /// Keep-alive of one lease: its TTL, or 0 if it is unknown or expired (as etcd answers).
-    /// A lease with a checkpointed remaining TTL first has it reset through raft, as etcd does.
+    /// Keep-alive of one lease (etcd's `LeaseRenew`): its TTL, or 0 if it is unknown or expired
+    /// (as etcd answers). Only the leader's lessor renews; a follower forwards to the leader.
     pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        if self.lessor.needs_checkpoint_reset(id) {
-            let reset = LeaseCheckpoint {
-                id,
-                remaining_ttl: 0,
-            };
-            self.lease_checkpoint(vec![reset]).await?;
-        }
-        let ttl = match self.lessor.renew(id, std::time::Instant::now()) {
-            Ok(ttl) => ttl,
+        let resp = self
+            .at_leader(
+                || self.renew_as_leader(id),
+                |mut c| async move { c.lease_renew(LeaseKeepAliveRequest { id }).await },
+            )
+            .await;
+        let ttl = match resp {
+            Ok(r) => r.ttl,
             Err(Error::LeaseNotFound) => 0,
             Err(e) => return Err(e),
         };
@@ -366,33 +376,125 @@ impl EtcdServer {
         })
     }
 
-    pub fn lease_time_to_live(
+    /// etcd's `LeaseTimeToLive`: remaining and granted TTL (and keys) from the leader's lessor,
+    /// forwarded there by a follower; an unknown lease answers TTL -1.
+    pub async fn lease_time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
+        let id = req.id;
+        let resp = self
+            .at_leader(
+                || self.time_to_live_as_leader(req),
+                |mut c| async move { c.lease_time_to_live(req).await },
+            )
+            .await;
         let header = Some(self.header(self.current_rev()));
-        let Some((remaining, granted)) =
-            self.lessor.time_to_live(req.id, std::time::Instant::now())
-        else {
-            return Ok(LeaseTimeToLiveResponse {
+        match resp {
+            Ok(r) => Ok(LeaseTimeToLiveResponse { header, ..r }),
+            Err(Error::LeaseNotFound) => Ok(LeaseTimeToLiveResponse {
                 header,
-                id: req.id,
+                id,
                 ttl: -1,
                 ..Default::default()
-            });
-        };
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a lease request where the leader's lessor answers it: `local` when this member
+    /// leads, else `forward` to the leader over the peer transport. As etcd's forwarding loop,
+    /// it asks again every 50 ms while there is no leader, the leader's lessor is not primary
+    /// yet or the leader cannot be reached, up to the request timeout.
+    async fn at_leader<T, L, LF, F, FF>(&self, local: L, forward: F) -> Result<T>
+    where
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<T>>,
+        F: Fn(PeerClient<tonic::transport::Channel>) -> FF,
+        FF: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            let leader = self.raft.status().leader;
+            let result = if leader == self.cfg.member_id {
+                local().await
+            } else if leader == 0 {
+                Err(Error::NoLeader)
+            } else {
+                match self.transport.client(leader).await {
+                    Ok(client) => forward(client)
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| Error::from_status(&s)),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Err(e @ (Error::NotLeader | Error::NoLeader | Error::Raft(_) | Error::Timeout)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(error = %e, leader = format!("{leader:x}"), "lease request found no leader to answer it");
+                        return Err(Error::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The leader's side of a keep-alive. A lease with a checkpointed remaining TTL first has
+    /// it reset through raft, as etcd does.
+    async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        self.wait_applied_commit().await?;
+        if self.lessor.needs_checkpoint_reset(id) {
+            let reset = LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            };
+            self.lease_checkpoint(vec![reset]).await?;
+        }
+        let ttl = self.lessor.renew(id, std::time::Instant::now())?;
+        Ok(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        })
+    }
+
+    /// The leader's side of a time-to-live query.
+    async fn time_to_live_as_leader(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if !self.lessor.is_primary() {
+            return Err(Error::NotLeader);
+        }
+        self.wait_applied_commit().await?;
+        let (remaining, granted) = self
+            .lessor
+            .time_to_live(req.id, std::time::Instant::now())
+            .ok_or(Error::LeaseNotFound)?;
         let keys = if req.keys {
             crate::lease::committed_keys(&self.backend, req.id)?
         } else {
             vec![]
         };
         Ok(LeaseTimeToLiveResponse {
-            header,
+            header: None,
             id: req.id,
             ttl: remaining,
             granted_ttl: granted,
             keys,
         })
+    }
+
+    /// etcd's `waitAppliedIndex`: waits until everything this member knows committed is
+    /// applied, so the leader's lessor has seen every grant and revoke.
+    async fn wait_applied_commit(&self) -> Result<()> {
+        let commit = self.raft.status().commit;
+        tokio::time::timeout(self.cfg.request_timeout, self.raft.wait_applied(commit))
+            .await
+            .map_err(|_| Error::Timeout)?
     }
 
     pub fn lease_leases(&self) -> LeaseLeasesResponse {
@@ -417,8 +519,18 @@ impl EtcdServer {
     /// batches (etcd checks both every 500 ms).
     pub async fn run_lessor(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut status = self.raft.subscribe();
         loop {
-            tick.tick().await;
+            // A leadership change promotes or demotes the lessor at once, as etcd's raft loop
+            // does, so keep-alives never wait for the next tick on a new leader.
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
             let leader = self.raft.status().is_leader;
             if leader != self.lessor.is_primary() {
                 if leader {
@@ -611,12 +723,13 @@ impl EtcdServer {
     }
 
     /// The peer service of this member (incoming raft messages).
-    pub fn peer_service(&self) -> PeerService {
+    pub fn peer_service(self: &Arc<Self>) -> PeerService {
         PeerService::new(
             self.cfg.member_id,
             self.cfg.cluster_id,
             self.raft.sender(),
             self.backend.clone(),
+            self.clone(),
         )
     }
 
@@ -966,6 +1079,20 @@ fn ready_to_promote(members: &[Member]) -> bool {
     let nstarted = voters.iter().filter(|m| started(m)).count() + 1;
     // At least a quorum (nmembers / 2 + 1) started.
     nstarted > nmembers / 2
+}
+
+#[tonic::async_trait]
+impl LeaderLeases for EtcdServer {
+    async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        EtcdServer::renew_as_leader(self, id).await
+    }
+
+    async fn time_to_live_as_leader(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        EtcdServer::time_to_live_as_leader(self, req).await
+    }
 }
 
 impl crate::compactor::Target for Arc<EtcdServer> {

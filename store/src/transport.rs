@@ -18,7 +18,8 @@
 //! stops, as etcd's rafthttp does with HTTP 410) and hands
 //! each decoded message to the raft loop as [`Msg::Step`]. It also answers `Members` (the
 //! members table and cluster id), which a member joining with `--initial-cluster-state=existing`
-//! asks of the others through [`fetch_members`].
+//! asks of the others through [`fetch_members`], and the lease keep-alives and time-to-live
+//! queries that followers forward to the leader ([`LeaderLeases`], [`Transport::client`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Sender;
@@ -39,8 +40,12 @@ use crate::error::{Error, Result};
 use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::peer_server::{Peer, PeerServer};
 use crate::proto::concordpb::{MembersRequest, MembersResponse, RaftEnvelope, StreamAck};
-use crate::proto::etcdserverpb::Member;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    Member,
+};
 use crate::raft::Msg;
+use crate::tls::Tls;
 
 /// Messages queued for one member before new ones are dropped.
 pub const PEER_QUEUE: usize = 4096;
@@ -60,6 +65,10 @@ pub struct Transport {
     shared: Arc<Shared>,
     /// Each remote member's peer URLs and queue.
     peers: Mutex<HashMap<u64, PeerLink>>,
+    /// Channels for unary calls to other members (forwarded lease requests), by member id.
+    calls: Mutex<HashMap<u64, Channel>>,
+    /// TLS for `https` peer URLs.
+    tls: Option<Tls>,
     rt: tokio::runtime::Handle,
 }
 
@@ -86,13 +95,21 @@ impl Shared {
 }
 
 impl Transport {
-    /// A transport for member `local` of cluster `cluster`; spawns its tasks on `rt`.
-    pub fn new(local: u64, cluster: u64, rt: tokio::runtime::Handle) -> Arc<Transport> {
+    /// A transport for member `local` of cluster `cluster`, reaching `https` peer URLs with
+    /// `tls`; spawns its tasks on `rt`.
+    pub fn new(
+        local: u64,
+        cluster: u64,
+        tls: Option<Tls>,
+        rt: tokio::runtime::Handle,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             local,
             cluster,
             shared: Arc::default(),
             peers: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            tls,
             rt,
         })
     }
@@ -114,6 +131,7 @@ impl Transport {
             from: self.local,
             cluster: self.cluster,
             urls: peer_urls.clone(),
+            tls: self.tls.clone(),
             shared: self.shared.clone(),
         };
         self.rt.spawn(link.run(rx));
@@ -128,6 +146,34 @@ impl Transport {
         if let Ok(mut peers) = self.peers.lock() {
             peers.remove(&id);
         }
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.remove(&id);
+        }
+    }
+
+    /// A client for unary peer calls to member `id` (on its peer URLs), connecting on first use
+    /// and reusing the channel after that (tonic reconnects it when it breaks).
+    pub async fn client(&self, id: u64) -> Result<PeerClient<Channel>> {
+        let cached = self.calls.lock().ok().and_then(|c| c.get(&id).cloned());
+        let channel = match cached {
+            Some(ch) => ch,
+            None => {
+                let urls = self
+                    .peers
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&id).map(|(urls, _)| urls.clone()))
+                    .ok_or(Error::NoLeader)?;
+                let ch = connect(&urls, self.tls.as_ref())
+                    .await
+                    .map_err(Error::Raft)?;
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.insert(id, ch.clone());
+                }
+                ch
+            }
+        };
+        Ok(PeerClient::new(channel))
     }
 
     /// Whether a peer refused this member's messages because it was removed from the cluster
@@ -183,6 +229,7 @@ struct Link {
     from: u64,
     cluster: u64,
     urls: Vec<String>,
+    tls: Option<Tls>,
     shared: Arc<Shared>,
 }
 
@@ -268,27 +315,7 @@ impl Link {
     }
 
     async fn connect(&self) -> std::result::Result<Channel, String> {
-        let mut errors = Vec::new();
-        for url in &self.urls {
-            let endpoint = match Endpoint::from_shared(url.clone()) {
-                Ok(e) => e,
-                Err(e) => {
-                    errors.push(format!("{url}: {e}"));
-                    continue;
-                }
-            };
-            let endpoint = endpoint
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .keep_alive_while_idle(true);
-            match endpoint.connect().await {
-                Ok(ch) => return Ok(ch),
-                Err(e) => errors.push(format!("{url}: {}", error_chain(&e))),
-            }
-        }
-        Err(errors.join("; "))
+        connect(&self.urls, self.tls.as_ref()).await
     }
 
     /// Sends queued messages over one stream until it fails or the queue closes.
@@ -358,6 +385,53 @@ impl Link {
     }
 }
 
+/// Connects to a member at the first of `urls` that answers (`https` ones over `tls`).
+async fn connect(urls: &[String], tls: Option<&Tls>) -> std::result::Result<Channel, String> {
+    let mut errors = Vec::new();
+    for url in urls {
+        let endpoint = match Endpoint::from_shared(crate::tls::endpoint_url(url)) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+        match connect_endpoint(&endpoint, url, tls).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Connects `endpoint` (made from peer URL `url`): over TLS for an `https` URL.
+async fn connect_endpoint(
+    endpoint: &Endpoint,
+    url: &str,
+    tls: Option<&Tls>,
+) -> std::result::Result<Channel, String> {
+    let connected = if url.starts_with("https://") {
+        let Some(tls) = tls else {
+            return Err(format!(
+                "{url}: an https peer URL needs peer TLS (--peer-cert-file and \
+                 --peer-key-file, or --peer-auto-tls)"
+            ));
+        };
+        endpoint
+            .connect_with_connector(crate::tls::PeerConnector::new(tls))
+            .await
+    } else {
+        endpoint.connect().await
+    };
+    connected.map_err(|e| format!("{url}: {}", error_chain(&e)))
+}
+
 fn code_name(c: tonic::Code) -> String {
     format!("{c:?}")
 }
@@ -373,23 +447,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The `concordpb.Peer` service of one member: incoming raft messages.
+/// The lease requests other members forward to this one while it leads (the server answers
+/// them from its lessor, never forwarding again).
+#[tonic::async_trait]
+pub trait LeaderLeases: Send + Sync + 'static {
+    /// A keep-alive of lease `id`; [`Error::NotLeader`] unless this member's lessor is primary.
+    async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse>;
+    /// A time-to-live query; [`Error::NotLeader`] unless this member's lessor is primary.
+    async fn time_to_live_as_leader(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse>;
+}
+
+/// The `concordpb.Peer` service of one member: incoming raft messages, the member list, and
+/// lease requests forwarded to the leader.
 pub struct PeerService {
     local: u64,
     cluster: u64,
     raft: Sender<Msg>,
     backend: Arc<Backend>,
+    leases: Arc<dyn LeaderLeases>,
 }
 
 impl PeerService {
-    /// The service of member `local` in cluster `cluster`, stepping messages into `raft` and
-    /// listing the members of `backend`.
-    pub fn new(local: u64, cluster: u64, raft: Sender<Msg>, backend: Arc<Backend>) -> PeerService {
+    /// The service of member `local` in cluster `cluster`, stepping messages into `raft`,
+    /// listing the members of `backend` and answering forwarded lease requests with `leases`.
+    pub fn new(
+        local: u64,
+        cluster: u64,
+        raft: Sender<Msg>,
+        backend: Arc<Backend>,
+        leases: Arc<dyn LeaderLeases>,
+    ) -> PeerService {
         PeerService {
             local,
             cluster,
             raft,
             backend,
+            leases,
         }
     }
 
@@ -465,13 +561,31 @@ impl Peer for PeerService {
             members: crate::membership::list(&self.backend)?,
         }))
     }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> std::result::Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        Ok(Response::new(self.leases.renew_as_leader(id).await?))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> std::result::Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(
+            self.leases.time_to_live_as_leader(req).await?,
+        ))
+    }
 }
 
 /// Asks the members at `peer_urls` (in turn, until one answers) for the cluster id and members.
-pub async fn fetch_members(peer_urls: &[String]) -> Result<(u64, Vec<Member>)> {
+pub async fn fetch_members(peer_urls: &[String], tls: Option<&Tls>) -> Result<(u64, Vec<Member>)> {
     let mut errors = Vec::new();
     for url in peer_urls {
-        let endpoint = match Endpoint::from_shared(url.clone()) {
+        let endpoint = match Endpoint::from_shared(crate::tls::endpoint_url(url)) {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(5)),
@@ -480,10 +594,10 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<(u64, Vec<Member>)> {
                 continue;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match connect_endpoint(&endpoint, url, tls).await {
             Ok(c) => c,
             Err(e) => {
-                errors.push(format!("{url}: {}", error_chain(&e)));
+                errors.push(e);
                 continue;
             }
         };
@@ -502,14 +616,16 @@ pub async fn fetch_members(peer_urls: &[String]) -> Result<(u64, Vec<Member>)> {
     )))
 }
 
-/// Serves the peer service on `listener` until `shutdown` resolves.
+/// Serves the peer service on `listener` (over `tls` for an `https` peer URL) until `shutdown`
+/// resolves.
 pub async fn serve_peers(
     listener: TcpListener,
     service: PeerService,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr().ok();
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
@@ -517,8 +633,18 @@ pub async fn serve_peers(
             PeerServer::new(service)
                 .max_decoding_message_size(MAX_RECV_BYTES)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::Raft(format!("peer listener {addr:?} failed: {e}")))
+        );
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::peer_incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| Error::Raft(format!("peer listener {addr:?} failed: {e}")))
 }

@@ -9,12 +9,34 @@ use std::time::{Duration, Instant};
 use concord_store::backend::Backend;
 use concord_store::proto::concordpb::RaftEnvelope;
 use concord_store::proto::concordpb::peer_client::PeerClient;
+use concord_store::proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use concord_store::raft::Msg;
-use concord_store::transport::{PeerService, Transport, serve_peers};
+use concord_store::transport::{LeaderLeases, PeerService, Transport, serve_peers};
 use raft::eraftpb::{Message, MessageType};
 use tokio::net::TcpListener;
 
 const CLUSTER: u64 = 0xc1;
+
+/// A member that never holds the primary lessor.
+struct NoLessor;
+
+#[tonic::async_trait]
+impl LeaderLeases for NoLessor {
+    async fn renew_as_leader(
+        &self,
+        _: i64,
+    ) -> concord_store::error::Result<LeaseKeepAliveResponse> {
+        Err(concord_store::error::Error::NotLeader)
+    }
+    async fn time_to_live_as_leader(
+        &self,
+        _: LeaseTimeToLiveRequest,
+    ) -> concord_store::error::Result<LeaseTimeToLiveResponse> {
+        Err(concord_store::error::Error::NotLeader)
+    }
+}
 
 /// A member's peer service on a port of its own; keep the temp dir alive while it serves.
 async fn member(id: u64) -> (String, mpsc::Receiver<Msg>, tempfile::TempDir) {
@@ -25,7 +47,8 @@ async fn member(id: u64) -> (String, mpsc::Receiver<Msg>, tempfile::TempDir) {
     let backend = Arc::new(Backend::open(dir.path()).unwrap());
     tokio::spawn(serve_peers(
         listener,
-        PeerService::new(id, CLUSTER, tx, backend),
+        PeerService::new(id, CLUSTER, tx, backend, Arc::new(NoLessor)),
+        None,
         std::future::pending(),
     ));
     (url, rx, dir)
@@ -54,7 +77,7 @@ async fn next_step(rx: mpsc::Receiver<Msg>) -> (Message, mpsc::Receiver<Msg>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_reach_the_peer_in_order() {
     let (url, rx, _dir) = member(2).await;
-    let t = Transport::new(1, CLUSTER, tokio::runtime::Handle::current());
+    let t = Transport::new(1, CLUSTER, None, tokio::runtime::Handle::current());
     t.add_peer(2, vec![url]);
     t.send(vec![heartbeat(1, 2, 7), heartbeat(1, 2, 8)]);
     let (m, rx) = next_step(rx).await;
@@ -112,7 +135,7 @@ async fn an_unreachable_member_is_reported() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let t = Transport::new(1, CLUSTER, tokio::runtime::Handle::current());
+    let t = Transport::new(1, CLUSTER, None, tokio::runtime::Handle::current());
     t.add_peer(3, vec![format!("http://{addr}")]);
     // A member the transport does not know is reported at once.
     t.send(vec![heartbeat(1, 4, 1)]);

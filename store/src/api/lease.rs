@@ -1,8 +1,9 @@
 //! `etcdserverpb.Lease`: grant, revoke, keep-alive streams, time-to-live and listing.
 //!
 //! Grants and revokes go through raft (`server`); keep-alives and TTL queries are answered from
-//! the leader's lessor, as etcd does (with lease checkpointing on, a keep-alive of a lease with a
-//! checkpointed remaining TTL first proposes resetting it). Unknown leases answer as etcd's do:
+//! the leader's lessor, as etcd does: a follower forwards them to the leader over the peer
+//! transport (with lease checkpointing on, a keep-alive of a lease with a checkpointed remaining
+//! TTL first proposes resetting it). Unknown leases answer as etcd's do:
 //! keep-alive with TTL 0, time-to-live with TTL -1.
 
 use std::pin::Pin;
@@ -77,7 +78,7 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         Ok(Response::new(
-            self.server.lease_time_to_live(req.into_inner())?,
+            self.server.lease_time_to_live(req.into_inner()).await?,
         ))
     }
 

@@ -88,9 +88,14 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// as etcd's `--max-concurrent-streams` default does: clients such as kube-apiserver open many
 /// watch streams on one connection. Every connection is read through
 /// [`authority::FixAuthority`] (etcdctl 3.4 sends `http://` authorities).
+///
+/// With `tls` (an `https` listener) each connection's handshake runs in its own task, and every
+/// request carries the verified client certificate's common name
+/// ([`crate::tls::ClientCertCommonName`]) when client certificates are required.
 pub async fn serve_client(
     listener: TcpListener,
     server: Arc<EtcdServer>,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -115,6 +120,24 @@ pub async fn serve_client(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                if let Some(tls) = &tls {
+                    let (tls, app, builder) = (tls.clone(), app.clone(), builder.clone());
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let (stream, cn) = match tls.accept(tcp).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "client TLS handshake failed");
+                                return;
+                            }
+                        };
+                        let io = TokioIo::new(authority::FixAuthority::new(stream));
+                        let svc = TowerToHyperService::new(crate::tls::WithCommonName::new(app, cn));
+                        let conn = builder.serve_connection_with_upgrades(io, svc);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    });
+                    continue;
+                }
                 let io = TokioIo::new(authority::FixAuthority::new(tcp));
                 let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()));
                 let conn = graceful.watch(conn.into_owned());
