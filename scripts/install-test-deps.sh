@@ -2,6 +2,7 @@
 # Installs what the test suite needs. Idempotent, non-interactive, runs as root.
 #
 # - etcd 3.4.23 (Debian bookworm's etcd-server + etcd-client) at /usr/bin/etcd, /usr/bin/etcdctl.
+# - kube-apiserver, kube-controller-manager, kubectl 1.20.2 (tests/k8s/build-control-plane.sh).
 # - etcd 3.5.16 (Debian trixie's packages of the same names), NOT installed: downloaded and
 #   unpacked into $CONCORD_TEST_CACHE/etcd-<version>/ (binaries in usr/bin/). The trixie apt source
 #   is derived from this machine's own Debian source (no registry host is named here) and pinned at
@@ -36,6 +37,11 @@ have_etcd35() {
 have_protoc() { command -v protoc >/dev/null 2>&1; }
 # curl: the gateway tests send etcd's documented curl requests.
 have_curl() { command -v curl >/dev/null 2>&1; }
+
+# --- Kubernetes control plane (tests/k8s) ----------------------------------------------------------
+# kube-apiserver, kube-controller-manager and kubectl 1.20.2, built once from Debian's source package
+# and cached in $CACHE_ROOT/kubernetes-1.20.2/bin (about 5 minutes the first time; a no-op later).
+CONCORD_TEST_CACHE=$CACHE_ROOT "$(dirname "$0")/../tests/k8s/build-control-plane.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
     if have_etcd34 && have_etcd35 && have_protoc && have_curl; then

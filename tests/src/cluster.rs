@@ -2,8 +2,14 @@
 //! address with etcd's standard ports, bootstrapped from flags (`--initial-cluster`,
 //! `--initial-cluster-state=new`, `--initial-cluster-token`).
 
-use anyhow::{Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
+use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord_store::proto::etcdserverpb::{StatusRequest, StatusResponse};
+
+use crate::ledger::channel;
 use crate::server::{LoopbackIp, PEER_PORT, Server, ServerKind};
 
 /// A running cluster. Members are named `m0`, `m1`, ... in start order; dropping the cluster
@@ -68,5 +74,63 @@ impl Cluster {
     /// Whether the cluster has no members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// The index of the member that every member in `among` names as leader, once they agree
+    /// (waits up to 30 s).
+    pub async fn agreed_leader(&self, among: &[usize]) -> Result<usize> {
+        let endpoints = self.endpoints();
+        wait_for(
+            "one leader all members agree on",
+            Duration::from_secs(30),
+            || {
+                let endpoints = endpoints.clone();
+                async move {
+                    let mut leaders = HashSet::new();
+                    let mut ids = HashMap::new();
+                    for &i in among {
+                        let st = status(&endpoints[i]).await?;
+                        leaders.insert(st.leader);
+                        ids.insert(st.header.context("status without header")?.member_id, i);
+                    }
+                    if leaders.len() != 1 {
+                        return Ok(None);
+                    }
+                    let leader = leaders.into_iter().next().unwrap_or(0);
+                    Ok(ids.get(&leader).copied())
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// `Maintenance.Status` of the member at `endpoint`.
+pub async fn status(endpoint: &str) -> Result<StatusResponse> {
+    Ok(MaintenanceClient::new(channel(endpoint)?)
+        .status(StatusRequest {})
+        .await
+        .with_context(|| format!("status of {endpoint}"))?
+        .into_inner())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`; the error names
+/// `what` and the last failure.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

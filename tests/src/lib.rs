@@ -29,9 +29,11 @@
 
 pub mod cluster;
 pub mod etcdctl;
+pub mod k8s;
 pub mod ledger;
 pub mod normalize;
 pub mod server;
+pub mod tls;
 
 pub use cluster::Cluster;
 pub use etcdctl::{Background, CtlOutput, Etcdctl};

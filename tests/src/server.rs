@@ -112,9 +112,25 @@ pub struct ServerBuilder {
     envs: Vec<(OsString, OsString)>,
     ready_timeout: Duration,
     wait_ready: bool,
+    client_tls: Option<crate::tls::ClientTls>,
+    peer_https: bool,
 }
 
 impl ServerBuilder {
+    /// Serves clients on `https://<ip>:2379` (the caller adds `--cert-file`... or `--auto-tls`);
+    /// the harness probes `/health` with curl using `probe`'s CA and client certificate.
+    pub fn https(mut self, probe: crate::tls::ClientTls) -> Self {
+        self.client_tls = Some(probe);
+        self
+    }
+
+    /// Uses `https://<ip>:2380` peer URLs (the caller adds `--peer-cert-file`... or
+    /// `--peer-auto-tls`, and an `https` `--initial-cluster`).
+    pub fn peer_https(mut self) -> Self {
+        self.peer_https = true;
+        self
+    }
+
     /// Member name (`--name`); default `default`, as etcd's.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -185,8 +201,14 @@ impl ServerBuilder {
             .context("creating the server's temp dir")?;
         let data_dir = dir.path().join("data");
         let a = ip.ip();
-        let client_url = format!("http://{a}:{CLIENT_PORT}");
-        let peer_url = format!("http://{a}:{PEER_PORT}");
+        let client_scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let peer_scheme = if self.peer_https { "https" } else { "http" };
+        let client_url = format!("{client_scheme}://{a}:{CLIENT_PORT}");
+        let peer_url = format!("{peer_scheme}://{a}:{PEER_PORT}");
         let initial_cluster = self
             .initial_cluster
             .unwrap_or_else(|| format!("{}={peer_url}", self.name));
@@ -223,6 +245,8 @@ impl ServerBuilder {
             ip,
             child: None,
             ready_timeout: self.ready_timeout,
+            client_tls: self.client_tls,
+            peer_scheme,
         };
         server.spawn()?;
         if self.wait_ready {
@@ -247,6 +271,9 @@ pub struct Server {
     ip: LoopbackIp,
     child: Option<Child>,
     ready_timeout: Duration,
+    /// Set for `https` client URLs: how the harness reaches them.
+    client_tls: Option<crate::tls::ClientTls>,
+    peer_scheme: &'static str,
 }
 
 impl Server {
@@ -266,6 +293,8 @@ impl Server {
             envs: Vec::new(),
             ready_timeout: Duration::from_secs(20),
             wait_ready: true,
+            client_tls: None,
+            peer_https: false,
         }
     }
 
@@ -284,14 +313,19 @@ impl Server {
         self.ip.ip()
     }
 
-    /// Client endpoint, `http://<ip>:2379`.
+    /// Client endpoint, `http://<ip>:2379` (`https` with [`ServerBuilder::https`]).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip())
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip())
     }
 
-    /// Peer URL, `http://<ip>:2380`.
+    /// Peer URL, `http://<ip>:2380` (`https` with [`ServerBuilder::peer_https`]).
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{PEER_PORT}", self.ip())
+        format!("{}://{}:{PEER_PORT}", self.peer_scheme, self.ip())
     }
 
     /// Client socket address.
@@ -389,7 +423,15 @@ impl Server {
                     self.stderr_tail(40)
                 );
             }
-            match http_get(self.client_addr(), "/health", Duration::from_secs(2)) {
+            let probe = match &self.client_tls {
+                Some(tls) => crate::tls::https_get(
+                    &format!("{}/health", self.endpoint()),
+                    tls,
+                    Duration::from_secs(2),
+                ),
+                None => http_get(self.client_addr(), "/health", Duration::from_secs(2)),
+            };
+            match probe {
                 Ok((200, body)) if body.contains(r#""health":"true""#) => return Ok(()),
                 Ok((code, body)) => last = format!("HTTP {code}: {}", body.trim()),
                 Err(e) => last = format!("{e:#}"),

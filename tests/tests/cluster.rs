@@ -15,34 +15,27 @@
 //! Every wait is on a condition with a generous deadline; nothing asserts on timing. Every test
 //! name contains `cluster`, so nextest runs them one at a time (`.config/nextest.toml`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use concord_store::proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_store::proto::etcdserverpb::kv_client::KvClient;
 use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_store::proto::etcdserverpb::{
-    MemberListRequest, MoveLeaderRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+    MemberListRequest, MoveLeaderRequest, PutRequest, RangeRequest,
 };
-use concord_tests::ledger::{Ledger, verify, writer};
+use concord_tests::cluster::{status, wait_for};
+use concord_tests::ledger::{Ledger, channel, verify, writer};
 use concord_tests::{Cluster, Etcdctl, Normalizer, ServerKind, line_diff, random_u64};
-use tonic::transport::{Channel, Endpoint};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
-}
-
-fn channel(endpoint: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy())
 }
 
 async fn put(endpoint: &str, key: &str, value: &str) -> Result<()> {
@@ -68,61 +61,6 @@ async fn get(endpoint: &str, key: &str, serializable: bool) -> Result<Option<Vec
         .with_context(|| format!("get {key} via {endpoint}"))?
         .into_inner();
     Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
-}
-
-async fn status(endpoint: &str) -> Result<StatusResponse> {
-    Ok(MaintenanceClient::new(channel(endpoint)?)
-        .status(StatusRequest {})
-        .await
-        .with_context(|| format!("status of {endpoint}"))?
-        .into_inner())
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "condition not met".to_owned(),
-            Err(e) => format!("{e:#}"),
-        };
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The index of the member every reachable member names as leader, once they agree.
-async fn agreed_leader(cluster: &Cluster, among: &[usize]) -> Result<usize> {
-    let endpoints = cluster.endpoints();
-    wait_for(
-        "one leader all members agree on",
-        Duration::from_secs(30),
-        || {
-            let endpoints = endpoints.clone();
-            async move {
-                let mut leaders = HashSet::new();
-                let mut ids = HashMap::new();
-                for &i in among {
-                    let st = status(&endpoints[i]).await?;
-                    leaders.insert(st.leader);
-                    ids.insert(st.header.context("status without header")?.member_id, i);
-                }
-                if leaders.len() != 1 {
-                    return Ok(None);
-                }
-                let leader = leaders.into_iter().next().unwrap_or(0);
-                Ok(ids.get(&leader).copied())
-            }
-        },
-    )
-    .await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -193,7 +131,9 @@ fn bootstrap_writes_and_reads(kind: ServerKind, size: usize) -> Result<()> {
             );
         }
         // One cluster id, one leader.
-        let leader = agreed_leader(&cluster, &(0..size).collect::<Vec<_>>()).await?;
+        let leader = cluster
+            .agreed_leader(&(0..size).collect::<Vec<_>>())
+            .await?;
         let mut cluster_ids = HashSet::new();
         for ep in &endpoints {
             let st = status(ep).await?;
@@ -390,7 +330,7 @@ fn cluster3_leader_kill9_while_writing_elects_a_new_leader_concord() -> Result<(
     let mut cluster = Cluster::start(ServerKind::Concord, 3)?;
     let rt = runtime()?;
     let all: Vec<usize> = (0..cluster.len()).collect();
-    let old = rt.block_on(agreed_leader(&cluster, &all))?;
+    let old = rt.block_on(cluster.agreed_leader(&all))?;
     let old_id = rt
         .block_on(status(&cluster.members[old].endpoint()))?
         .header
@@ -403,7 +343,7 @@ fn cluster3_leader_kill9_while_writing_elects_a_new_leader_concord() -> Result<(
     let at_kill = writers.acked();
     eprintln!("killed leader m{old} after {at_kill} acknowledged writes");
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
-    let new = rt.block_on(agreed_leader(&cluster, &survivors))?;
+    let new = rt.block_on(cluster.agreed_leader(&survivors))?;
     let new_id = rt
         .block_on(status(&cluster.members[new].endpoint()))?
         .header
@@ -431,7 +371,7 @@ fn cluster3_paused_leader_is_replaced_and_catches_up_concord() -> Result<()> {
     let cluster = Cluster::start(ServerKind::Concord, 3)?;
     let rt = runtime()?;
     let all: Vec<usize> = (0..cluster.len()).collect();
-    let old = rt.block_on(agreed_leader(&cluster, &all))?;
+    let old = rt.block_on(cluster.agreed_leader(&all))?;
     let writers = Writers::start(&rt, &cluster.endpoints());
     writers.wait_acked(100, Duration::from_secs(60))?;
 
@@ -442,13 +382,13 @@ fn cluster3_paused_leader_is_replaced_and_catches_up_concord() -> Result<()> {
         writers.acked()
     );
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
-    let new = rt.block_on(agreed_leader(&cluster, &survivors))?;
+    let new = rt.block_on(cluster.agreed_leader(&survivors))?;
     ensure!(new != old, "the paused member still leads");
     writers.wait_acked(writers.acked() + 200, Duration::from_secs(60))?;
 
     // Back, it follows the new leader and catches up.
     cluster.members[old].resume()?;
-    let leader = rt.block_on(agreed_leader(&cluster, &all))?;
+    let leader = rt.block_on(cluster.agreed_leader(&all))?;
     ensure!(leader != old, "the resumed member took over again at once");
     writers.wait_acked(writers.acked() + 100, Duration::from_secs(60))?;
     let ledger = writers.finish(&rt)?;
@@ -876,7 +816,7 @@ fn move_leader(kind: ServerKind) -> Result<Vec<String>> {
     let rt = runtime()?;
     let endpoints = cluster.endpoints();
     let all = endpoints.join(",");
-    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let leader = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
     let (target, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let mut ids = Vec::new();
     for ep in &endpoints {
@@ -914,7 +854,7 @@ fn move_leader(kind: ServerKind) -> Result<Vec<String>> {
 
     // To a chosen follower: the leader changes to it.
     ensure!(step(&mut transcript, &all, &["move-leader", &hex(target)])?);
-    let now = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let now = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
     ensure!(now == target, "leader is m{now}, expected m{target}");
     // etcdctl sends it to the leader only; a follower's endpoint alone is refused by etcdctl,
     // and the RPC itself on a follower fails with etcd's error.
@@ -966,7 +906,7 @@ fn move_leader(kind: ServerKind) -> Result<Vec<String>> {
     ensure!(step(&mut transcript, &all, &["move-leader", &hex(target)])?);
     // And back to the first leader.
     ensure!(step(&mut transcript, &all, &["move-leader", &hex(leader)])?);
-    let now = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let now = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
     ensure!(now == leader, "leader is m{now}, expected m{leader}");
     Ok(transcript)
 }
@@ -1004,7 +944,7 @@ fn member_update(kind: ServerKind) -> Result<Vec<String>> {
     let mut cluster = Cluster::start(kind, 3)?;
     let rt = runtime()?;
     let endpoints = cluster.endpoints();
-    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let leader = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
     let (f, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let ep = endpoints[leader].clone();
     let mut ids = Vec::new();
@@ -1134,7 +1074,7 @@ fn removed_member_restart(kind: ServerKind) -> Result<()> {
     let mut cluster = Cluster::start(kind, 3)?;
     let rt = runtime()?;
     let endpoints = cluster.endpoints();
-    let leader = rt.block_on(agreed_leader(&cluster, &[0, 1, 2]))?;
+    let leader = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
     let f = (leader + 1) % 3;
     let fid = format!(
         "{:x}",
