@@ -364,6 +364,13 @@ async fn handle(State(route): State<Route>, req: Request) -> Response {
     let method = &route.method;
     let input = method.input();
     let output = method.output();
+    // The caller's credentials travel with the call: the `Authorization` header (etcd's
+    // gateway passes it on as the `authorization` metadata) and the client certificate's name.
+    let token = req.headers().get(header::AUTHORIZATION).cloned();
+    let common_name = req
+        .extensions()
+        .get::<crate::tls::ClientCertCommonName>()
+        .cloned();
     let body = if method.is_client_streaming() {
         Body::from_stream(request_stream(req.into_body(), input))
     } else {
@@ -388,13 +395,21 @@ async fn handle(State(route): State<Route>, req: Request) -> Response {
         }
     };
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-    let grpc_req = http::Request::builder()
+    let mut grpc_req = http::Request::builder()
         .method(Method::POST)
         .uri(path)
         .header(header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
         .body(body)
         .expect("a valid request");
+    if let Some(token) = token {
+        grpc_req
+            .headers_mut()
+            .insert(crate::auth::TOKEN_HEADER, token);
+    }
+    if let Some(cn) = common_name {
+        grpc_req.extensions_mut().insert(cn);
+    }
     let mut svc = route.gateway.grpc.clone();
     let resp = match svc.call(grpc_req).await {
         Ok(r) => r,

@@ -5,6 +5,7 @@
 //! `Error -> Status` (in `error`) produce etcd's codes and texts. Nothing here touches raft or
 //! storage directly.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod election;
@@ -23,8 +24,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
@@ -59,6 +60,11 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         server.clone(),
     )))
+    .add_service(
+        AuthServer::new(auth::AuthService::new(server.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+    )
     .add_service(
         LockServer::new(lock::LockService::new(server.clone()))
             .max_decoding_message_size(max_recv)
