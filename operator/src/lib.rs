@@ -1,9 +1,14 @@
 //! concord-operator library: the `EtcdCluster` custom resource ([`crd`]), the pure membership
 //! planner ([`planner`]), the etcd-facing member client ([`members`]), the child objects
-//! ([`children`]) and the reconcile loop ([`controller`]). The binaries (`concord-operator`,
-//! `crdgen`) are thin wrappers over this crate.
+//! ([`children`]), the reconcile loop ([`controller`]), leader election ([`leader`]) and metrics
+//! ([`metrics`]). The binaries (`concord-operator`, `crdgen`) are thin wrappers over this crate.
 
+pub mod children;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod members;
+pub mod metrics;
 pub mod planner;
 
 use kube::CustomResourceExt;
@@ -14,6 +19,34 @@ pub enum Error {
     /// The CRD could not be serialised.
     #[error("serialising YAML: {0}")]
     Yaml(#[from] yaml_serde::Error),
+    /// A JSON body could not be built.
+    #[error("serialising JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A member call failed.
+    #[error("etcd member call: {0}")]
+    Member(#[from] members::MemberError),
+    /// Adding or removing the finalizer, or the reconcile inside it, failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short label for metrics and requeue policy.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Yaml(_) | Error::Json(_) => "serialize",
+            Error::Kube(_) => "kube",
+            Error::Member(_) => "member",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.kind(),
+                _ => "finalizer",
+            },
+        }
+    }
 }
 
 /// Result with the library's [`Error`].

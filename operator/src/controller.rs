@@ -1,0 +1,930 @@
+//! The reconcile loop: for each `EtcdCluster`, observe (children, pods, claims, the etcd member
+//! list and each member's health), ask the [`planner`](crate::planner) for the single next step,
+//! record that step in `status.pendingOperation` *before* carrying it out, carry it out, and
+//! requeue. A crash between any two of these is resumed by planning again from fresh
+//! observations, never by repeating a recorded call blindly.
+//!
+//! Children are written by server-side apply (field manager `concord-operator`) with owner
+//! references; the StatefulSet's replica count is only ever changed by a planner step. Deletion
+//! runs behind the `concord.dev/cleanup` finalizer (claims are deleted there when
+//! `pvcRetentionPolicy.whenDeleted` is `Delete`; everything else goes by garbage collection).
+//!
+//! This module must never dial a Service ClusterIP: members are reached by pod DNS names (see
+//! [`Context::endpoint`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::children::{self, MANAGER, Names};
+use crate::crd::{Condition, EtcdCluster, EtcdClusterStatus, MemberStatus, PvcPolicy};
+use crate::members::{self, MemberClient, MemberHealth};
+use crate::metrics::{ActionLabels, ErrorLabels, Metrics};
+use crate::planner::{self, Observation, ObservedMember, ObservedPod, Step};
+use crate::{Error, Result};
+
+/// Finalizer guarding deletion.
+pub const FINALIZER: &str = "concord.dev/cleanup";
+
+/// Requeue while a step is in flight.
+const REQUEUE_BUSY: Duration = Duration::from_secs(2);
+/// Requeue while waiting for pods or learners.
+const REQUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Requeue when blocked by something a human must change.
+const REQUEUE_BLOCKED: Duration = Duration::from_secs(15);
+/// Requeue when converged (to refresh member health).
+const REQUEUE_IDLE: Duration = Duration::from_secs(30);
+
+/// Maps `(names, ordinal)` to the client URL the operator dials.
+pub type EndpointFn = Arc<dyn Fn(&Names, u32) -> String + Send + Sync>;
+
+/// What reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The PodDisruptionBudget API served by the cluster (`None`: skipped, with a warning).
+    pub pdb: Option<ApiResource>,
+    /// etcd-side calls.
+    pub members: MemberClient,
+    /// Where member `k` is dialled: `http://<pod>.<headless>.<ns>.svc:2379` by default.
+    pub endpoint: EndpointFn,
+}
+
+impl Context {
+    /// A context with the default member endpoints (pod DNS names).
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        pdb: Option<ApiResource>,
+        instance: Option<String>,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            recorder,
+            metrics,
+            pdb,
+            members: MemberClient,
+            endpoint: Arc::new(|names: &Names, k: u32| names.client_url(k)),
+        }
+    }
+}
+
+/// Picks the PodDisruptionBudget API from discovery: `policy/v1`, else `policy/v1beta1`, else
+/// none.
+pub async fn discover_pdb(client: &Client) -> Option<ApiResource> {
+    for version in ["policy/v1", "policy/v1beta1"] {
+        if let Ok(list) = client.list_api_group_resources(version).await
+            && list
+                .resources
+                .iter()
+                .any(|r| r.name == "poddisruptionbudgets")
+        {
+            let v = version.split_once('/').map_or(version, |(_, v)| v);
+            return Some(ApiResource {
+                group: "policy".into(),
+                version: v.into(),
+                api_version: version.into(),
+                kind: "PodDisruptionBudget".into(),
+                plural: "poddisruptionbudgets".into(),
+            });
+        }
+    }
+    None
+}
+
+/// What one observation found, besides the planner's input.
+#[derive(Debug, Default)]
+struct Seen {
+    sts: Option<StatefulSet>,
+    members: Option<Vec<Observed>>,
+    /// Ordinal of the member to send membership calls to (the leader if healthy).
+    leader_ordinal: Option<u32>,
+    cluster_id: Option<u64>,
+}
+
+/// One member with its health.
+#[derive(Debug, Clone)]
+struct Observed {
+    member: members::Member,
+    ordinal: Option<u32>,
+    health: Option<MemberHealth>,
+    leader: bool,
+}
+
+impl Observed {
+    fn healthy(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_some_and(|h| h.id == self.member.id && h.leader != 0)
+    }
+}
+
+fn ssa() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn now_rfc3339() -> String {
+    Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map_or_else(|_| Timestamp::now().to_string(), |t| t.to_string())
+}
+
+impl EtcdCluster {
+    fn names(&self) -> Names {
+        Names::of(self)
+    }
+
+    /// Reconciles a live (not deleting) cluster: one planner step at most.
+    pub async fn reconcile(&self, ctx: &Context) -> Result<Action> {
+        let names = self.names();
+        let ns = names.namespace.clone();
+        let client = ctx.client.clone();
+        let status = self.status.clone().unwrap_or_default();
+
+        // Children that carry no membership meaning are applied every time.
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        for svc in [
+            children::headless_service(self),
+            children::client_service(self),
+        ] {
+            services
+                .patch(&svc.name_any(), &ssa(), &Patch::Apply(&svc))
+                .await?;
+        }
+
+        let seen = self.observe(ctx, &status).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod_list = pods
+            .list(&ListParams::default().labels(&children::selector_string(self)))
+            .await?;
+        let observed_pods = self.observed_pods(&pod_list.items);
+        let pvc_ordinals = if self.spec.storage.empty_dir {
+            vec![]
+        } else {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            pvcs.list(&ListParams::default().labels(&children::selector_string(self)))
+                .await?
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| names.pvc_ordinal(&p.name_any()))
+                .collect()
+        };
+
+        let obs = Observation {
+            desired: self.spec.replicas,
+            members: seen.members.as_ref().map(|ms| {
+                ms.iter()
+                    .map(|m| ObservedMember {
+                        id: m.member.id,
+                        name: m.member.name.clone(),
+                        ordinal: m.ordinal,
+                        learner: m.member.learner,
+                        healthy: m.healthy(),
+                        leader: m.leader,
+                    })
+                    .collect()
+            }),
+            statefulset_replicas: seen
+                .sts
+                .as_ref()
+                .and_then(|s| s.spec.as_ref()?.replicas)
+                .map(|r| r.max(0) as u32),
+            pods: observed_pods,
+            pvc_ordinals,
+            delete_pvcs_when_scaled: self.spec.pvc_retention_policy.when_scaled
+                == PvcPolicy::Delete,
+            bootstrapped: status.cluster_id.is_some() || seen.cluster_id.is_some(),
+            known_members: status.members.len() as u32,
+            pending: status.pending_operation.clone(),
+        };
+
+        // The ConfigMap follows membership whenever members answer (etcd reads it only when
+        // its data dir is empty, i.e. when a member joins).
+        if let Some(ms) = &seen.members {
+            let ordinals: BTreeSet<u32> = ms.iter().filter_map(|m| m.ordinal).collect();
+            self.apply_configmap(ctx, &ordinals.into_iter().collect::<Vec<_>>(), false)
+                .await?;
+        }
+        // The budget keeps a quorum of the current voters (the last known ones when none answer).
+        let voters = seen
+            .members
+            .as_ref()
+            .map_or(status.voting_members.max(0) as u32, |ms| {
+                ms.iter().filter(|m| !m.member.learner).count() as u32
+            });
+        self.apply_pdb(ctx, voters.max(1)).await?;
+        if let Some(sts) = &seen.sts
+            && let Some(r) = sts.spec.as_ref().and_then(|s| s.replicas)
+        {
+            // Template changes (image, resources, flags) roll out; replicas stay as they are.
+            self.apply_statefulset(ctx, r.max(0) as u32).await?;
+        }
+
+        let step = if self
+            .spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_secret_name.is_some())
+        {
+            Step::Blocked {
+                reason: "ClientTlsUnsupported",
+                message: "the operator cannot yet dial members over client TLS; \
+                          remove spec.tls.clientSecretName"
+                    .into(),
+            }
+        } else {
+            planner::plan(&obs)
+        };
+        tracing::info!(cluster = %names.cluster, namespace = %ns, ?step, "planned");
+
+        let new_status = self.status_for(&status, &seen, &step, ctx.pdb.is_some());
+        if new_status != status {
+            self.patch_status(ctx, &new_status).await?;
+        }
+        self.note_blocked(ctx, &status, &step).await;
+
+        if step.action().is_none() {
+            return Ok(Action::requeue(match step {
+                Step::Converged => REQUEUE_IDLE,
+                Step::Blocked { .. } => REQUEUE_BLOCKED,
+                _ => REQUEUE_WAIT,
+            }));
+        }
+        self.perform(ctx, &step, &seen, &obs).await
+    }
+
+    /// Carries out one recorded step.
+    async fn perform(
+        &self,
+        ctx: &Context,
+        step: &Step,
+        seen: &Seen,
+        obs: &Observation,
+    ) -> Result<Action> {
+        let names = self.names();
+        let ns = names.namespace.clone();
+        let peer_tls = self
+            .spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.peer_secret_name.is_some());
+        let target = |exclude: Option<u32>| -> Option<String> {
+            let ms = seen.members.as_ref()?;
+            let pick = seen
+                .leader_ordinal
+                .filter(|&k| Some(k) != exclude)
+                .or_else(|| {
+                    ms.iter()
+                        .filter(|m| m.healthy() && !m.member.learner && m.ordinal != exclude)
+                        .find_map(|m| m.ordinal)
+                })?;
+            Some((ctx.endpoint)(&names, pick))
+        };
+        let action = step.action().map(|a| format!("{a:?}")).unwrap_or_default();
+        let (reason, note) = match step {
+            Step::Bootstrap => {
+                self.apply_configmap(ctx, &[0], true).await?;
+                self.apply_statefulset(ctx, 1).await?;
+                (
+                    "Bootstrapping",
+                    format!("bootstrapping member {}", names.pod(0)),
+                )
+            }
+            Step::SetReplicas { replicas } => {
+                if obs.members.is_none() && seen.sts.is_none() {
+                    // Recreating a deleted StatefulSet: members rejoin with their data.
+                    let ordinals: Vec<u32> = (0..*replicas).collect();
+                    self.apply_configmap(ctx, &ordinals, false).await?;
+                }
+                self.apply_statefulset(ctx, *replicas).await?;
+                ("Scaled", format!("StatefulSet replicas set to {replicas}"))
+            }
+            Step::AddLearner { ordinal } => {
+                let mut ordinals: BTreeSet<u32> = seen
+                    .members
+                    .iter()
+                    .flatten()
+                    .filter_map(|m| m.ordinal)
+                    .collect();
+                ordinals.insert(*ordinal);
+                self.apply_configmap(ctx, &ordinals.into_iter().collect::<Vec<_>>(), false)
+                    .await?;
+                let ep = target(None).ok_or(members::MemberError::NoneReachable)?;
+                let url = names.peer_url(*ordinal, peer_tls);
+                let id = ctx.members.add_learner(&ep, &url).await?;
+                (
+                    "MemberAdded",
+                    format!("added learner {id:x} for {} ({url})", names.pod(*ordinal)),
+                )
+            }
+            Step::Promote { id, ordinal } => {
+                let ep = target(None).ok_or(members::MemberError::NoneReachable)?;
+                match ctx.members.promote(&ep, *id).await {
+                    Ok(()) => {}
+                    Err(e) if members::is_not_ready_to_promote(&e) => {
+                        tracing::info!(member = %names.pod(*ordinal), "learner not caught up yet");
+                        return Ok(Action::requeue(REQUEST_CATCH_UP));
+                    }
+                    Err(e) if members::is_not_learner(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                (
+                    "MemberPromoted",
+                    format!("promoted {} ({id:x}) to voting member", names.pod(*ordinal)),
+                )
+            }
+            Step::MoveLeader { from, to } => {
+                let from_ord = seen
+                    .members
+                    .iter()
+                    .flatten()
+                    .find(|m| m.member.id == *from)
+                    .and_then(|m| m.ordinal)
+                    .ok_or(members::MemberError::NoneReachable)?;
+                let ep = (ctx.endpoint)(&names, from_ord);
+                ctx.members.move_leader(&ep, *to).await?;
+                (
+                    "LeaderMoved",
+                    format!("moved leadership from {from:x} to {to:x}"),
+                )
+            }
+            Step::Remove {
+                id,
+                ordinal,
+                repair,
+            } => {
+                let ep = target(Some(*ordinal)).ok_or(members::MemberError::NoneReachable)?;
+                match ctx.members.remove(&ep, *id).await {
+                    Ok(()) => {}
+                    Err(e) if members::is_member_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if *repair {
+                    (
+                        "MemberRemovedForRepair",
+                        format!(
+                            "removed failing member {} ({id:x}); it will be wiped and added again",
+                            names.pod(*ordinal)
+                        ),
+                    )
+                } else {
+                    (
+                        "MemberRemoved",
+                        format!("removed member {} ({id:x})", names.pod(*ordinal)),
+                    )
+                }
+            }
+            Step::Wipe { ordinal, pod_uid } => {
+                if !self.spec.storage.empty_dir {
+                    self.delete_pvc(ctx, *ordinal).await?;
+                }
+                if let Some(uid) = pod_uid {
+                    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: Some(uid.clone()),
+                            resource_version: None,
+                        }),
+                        ..Default::default()
+                    };
+                    match pods.delete(&names.pod(*ordinal), &dp).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                (
+                    "MemberWiped",
+                    format!("deleted the pod and data of {}", names.pod(*ordinal)),
+                )
+            }
+            Step::DeletePvc { ordinal } => {
+                self.delete_pvc(ctx, *ordinal).await?;
+                (
+                    "ClaimDeleted",
+                    format!("deleted claim {} of a removed member", names.pvc(*ordinal)),
+                )
+            }
+            Step::Wait { .. } | Step::Blocked { .. } | Step::Converged => unreachable!(),
+        };
+        ctx.metrics
+            .changes
+            .get_or_create(&ActionLabels {
+                action: action.clone(),
+            })
+            .inc();
+        tracing::info!(cluster = %names.cluster, namespace = %ns, reason, "{note}");
+        self.event(ctx, EventType::Normal, reason, &action, &note)
+            .await;
+        Ok(Action::requeue(REQUEUE_BUSY))
+    }
+
+    /// Deletion: claims go when the policy says so; everything else by garbage collection.
+    pub async fn cleanup(&self, ctx: &Context) -> Result<Action> {
+        let names = self.names();
+        if self.spec.pvc_retention_policy.when_deleted == PvcPolicy::Delete {
+            let pvcs: Api<PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), &names.namespace);
+            let list = pvcs
+                .list(&ListParams::default().labels(&children::selector_string(self)))
+                .await?;
+            for p in list.items {
+                if let Some(k) = names.pvc_ordinal(&p.name_any()) {
+                    self.delete_pvc(ctx, k).await?;
+                }
+            }
+        }
+        self.event(
+            ctx,
+            EventType::Normal,
+            "Deleted",
+            "Cleanup",
+            "cluster deleted; children go by garbage collection",
+        )
+        .await;
+        Ok(Action::await_change())
+    }
+
+    async fn delete_pvc(&self, ctx: &Context, k: u32) -> Result<()> {
+        let names = self.names();
+        let pvcs: Api<PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &names.namespace);
+        match pvcs.delete(&names.pvc(k), &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the StatefulSet, then the member list and every member's status.
+    async fn observe(&self, ctx: &Context, status: &EtcdClusterStatus) -> Result<Seen> {
+        let names = self.names();
+        let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
+        let sts = sts_api.get_opt(names.statefulset()).await?;
+        let sts_replicas = sts
+            .as_ref()
+            .and_then(|s| s.spec.as_ref()?.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        // Ask every ordinal that may run a member: the StatefulSet's and the last known ones.
+        let mut ordinals: BTreeSet<u32> = (0..sts_replicas).collect();
+        ordinals.extend(
+            status
+                .members
+                .iter()
+                .filter_map(|m| names.peer_url_ordinal(&m.peer_url)),
+        );
+        let endpoints: Vec<String> = ordinals
+            .iter()
+            .map(|&k| (ctx.endpoint)(&names, k))
+            .collect();
+        let mut seen = Seen {
+            sts,
+            ..Default::default()
+        };
+        if endpoints.is_empty() {
+            return Ok(seen);
+        }
+        let list = match ctx.members.list(&endpoints).await {
+            Ok((_, list)) => list,
+            Err(e) => {
+                tracing::info!(cluster = %names.cluster, error = %e, "member list unavailable");
+                return Ok(seen);
+            }
+        };
+        let healths = futures::future::join_all(list.iter().map(|m| {
+            let ordinal = m.peer_urls.first().and_then(|u| names.peer_url_ordinal(u));
+            let ep = ordinal.map(|k| (ctx.endpoint)(&names, k));
+            async move {
+                match ep {
+                    Some(ep) => ctx.members.status(&ep).await.ok(),
+                    None => None,
+                }
+            }
+        }))
+        .await;
+        // The leader as the healthy members report it.
+        let leader_id = healths.iter().flatten().map(|h| h.leader).find(|&l| l != 0);
+        let observed: Vec<Observed> = list
+            .into_iter()
+            .zip(healths)
+            .map(|(m, health)| Observed {
+                ordinal: m.peer_urls.first().and_then(|u| names.peer_url_ordinal(u)),
+                leader: Some(m.id) == leader_id,
+                member: m,
+                health,
+            })
+            .collect();
+        seen.cluster_id = observed
+            .iter()
+            .filter_map(|m| m.health.as_ref())
+            .map(|h| h.cluster_id)
+            .find(|&c| c != 0);
+        seen.leader_ordinal = observed
+            .iter()
+            .find(|m| m.leader && m.healthy())
+            .and_then(|m| m.ordinal);
+        seen.members = Some(observed);
+        Ok(seen)
+    }
+
+    fn observed_pods(&self, pods: &[Pod]) -> Vec<ObservedPod> {
+        let names = self.names();
+        let now = Timestamp::now();
+        pods.iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let ordinal = names.pod_ordinal(&p.name_any())?;
+                let ready_cond = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+                let ready = ready_cond.is_some_and(|c| c.status == "True");
+                let since = ready_cond
+                    .and_then(|c| c.last_transition_time.as_ref())
+                    .or(p.metadata.creation_timestamp.as_ref())
+                    .map(|t| t.0);
+                let failing = !ready
+                    && since.is_some_and(|t| {
+                        now.duration_since(t).as_secs() >= self.spec.repair_after_seconds
+                    });
+                Some(ObservedPod {
+                    ordinal,
+                    uid: p.uid().unwrap_or_default(),
+                    ready,
+                    failing,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply_configmap(&self, ctx: &Context, ordinals: &[u32], new: bool) -> Result<()> {
+        let cm = children::members_configmap(self, ordinals, new);
+        let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &self.names().namespace);
+        api.patch(&cm.name_any(), &ssa(), &Patch::Apply(&cm))
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_statefulset(&self, ctx: &Context, replicas: u32) -> Result<()> {
+        let sts = children::statefulset(self, replicas);
+        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &self.names().namespace);
+        api.patch(&sts.name_any(), &ssa(), &Patch::Apply(&sts))
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_pdb(&self, ctx: &Context, voters: u32) -> Result<()> {
+        let Some(ar) = &ctx.pdb else {
+            return Ok(());
+        };
+        let names = self.names();
+        let body = children::pdb(self, &ar.api_version, voters);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &names.namespace, ar);
+        api.patch(names.pdb(), &ssa(), &Patch::Apply(&body)).await?;
+        Ok(())
+    }
+
+    /// The status after this observation and plan. `lastTransitionTime` of a condition is kept
+    /// while its status does not change.
+    fn status_for(
+        &self,
+        old: &EtcdClusterStatus,
+        seen: &Seen,
+        step: &Step,
+        pdb_served: bool,
+    ) -> EtcdClusterStatus {
+        let names = self.names();
+        let generation = self.metadata.generation;
+        let mut st = old.clone();
+        st.observed_generation = generation;
+        if let Some(ms) = &seen.members {
+            st.members = ms
+                .iter()
+                .map(|m| MemberStatus {
+                    id: format!("{:x}", m.member.id),
+                    name: m.member.name.clone(),
+                    peer_url: m.member.peer_urls.first().cloned().unwrap_or_default(),
+                    learner: m.member.learner,
+                    healthy: m.healthy(),
+                    leader: m.leader,
+                })
+                .collect();
+            st.leader = ms.iter().find(|m| m.leader).map(|m| {
+                if m.member.name.is_empty() {
+                    m.ordinal.map(|k| names.pod(k)).unwrap_or_default()
+                } else {
+                    m.member.name.clone()
+                }
+            });
+        } else {
+            for m in &mut st.members {
+                m.healthy = false;
+                m.leader = false;
+            }
+            st.leader = None;
+        }
+        if let Some(c) = seen.cluster_id {
+            st.cluster_id = Some(format!("{c:x}"));
+        }
+        st.ready_members = st.members.iter().filter(|m| m.healthy).count() as i32;
+        st.voting_members = st.members.iter().filter(|m| !m.learner).count() as i32;
+        st.replicas = seen
+            .sts
+            .as_ref()
+            .and_then(|s| s.spec.as_ref()?.replicas)
+            .unwrap_or(0);
+        let started = now_rfc3339();
+        match step {
+            Step::Converged => st.pending_operation = None,
+            s if s.action().is_some() => st.pending_operation = s.operation(&started),
+            _ => {}
+        }
+
+        let healthy_voters = st
+            .members
+            .iter()
+            .filter(|m| !m.learner && m.healthy)
+            .count();
+        let quorum_ok = seen.members.is_some()
+            && st.voting_members > 0
+            && healthy_voters >= planner::quorum(st.voting_members as usize);
+        let mut conds: Vec<Condition> = vec![];
+        let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+            let status = if ok { "True" } else { "False" };
+            let prev = old.conditions.iter().find(|c| c.type_ == type_);
+            let last = match prev {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => started.clone(),
+            };
+            conds.push(Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message,
+                last_transition_time: last,
+                observed_generation: generation,
+            });
+        };
+        if quorum_ok {
+            set(
+                "Available",
+                true,
+                "QuorumHealthy",
+                format!(
+                    "{healthy_voters} of {} voting members healthy",
+                    st.voting_members
+                ),
+            );
+        } else if seen.members.is_none() && st.cluster_id.is_none() {
+            set(
+                "Available",
+                false,
+                "Bootstrapping",
+                "no member answers yet".into(),
+            );
+        } else {
+            set(
+                "Available",
+                false,
+                "NoQuorum",
+                format!(
+                    "{healthy_voters} of {} voting members healthy",
+                    st.voting_members
+                ),
+            );
+        }
+        match step {
+            Step::Converged => set(
+                "Progressing",
+                false,
+                "Converged",
+                format!("{} members as specified", self.spec.replicas),
+            ),
+            Step::Wait { reason, message } => set("Progressing", true, reason, message.clone()),
+            Step::Blocked { reason, message } => set("Progressing", false, reason, message.clone()),
+            s => {
+                let a = s.action().map(|a| format!("{a:?}")).unwrap_or_default();
+                set("Progressing", true, &a, describe(s, &names))
+            }
+        }
+        let unhealthy: Vec<String> = st
+            .members
+            .iter()
+            .filter(|m| !m.healthy)
+            .map(|m| {
+                if m.name.is_empty() {
+                    m.id.clone()
+                } else {
+                    m.name.clone()
+                }
+            })
+            .collect();
+        match step {
+            Step::Blocked { reason, message } => set("Degraded", true, reason, message.clone()),
+            _ if !unhealthy.is_empty() && st.pending_operation.is_none() => set(
+                "Degraded",
+                true,
+                "MembersUnhealthy",
+                format!("unhealthy: {}", unhealthy.join(", ")),
+            ),
+            _ => set("Degraded", false, "AsExpected", String::new()),
+        }
+        if !pdb_served {
+            set(
+                "DisruptionBudget",
+                false,
+                "PolicyApiUnavailable",
+                "the API server serves neither policy/v1 nor policy/v1beta1; no PodDisruptionBudget"
+                    .into(),
+            );
+        }
+        st.conditions = conds;
+        st
+    }
+
+    async fn patch_status(&self, ctx: &Context, status: &EtcdClusterStatus) -> Result<()> {
+        let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &self.names().namespace);
+        // A merge patch: `pendingOperation: null` clears a finished step.
+        let mut body = serde_json::to_value(status).map_err(Error::Json)?;
+        if status.pending_operation.is_none() {
+            body["pendingOperation"] = serde_json::Value::Null;
+        }
+        if status.leader.is_none() {
+            body["leader"] = serde_json::Value::Null;
+        }
+        api.patch_status(
+            &self.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": body })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A Warning Event when the cluster becomes blocked (or the reason changes).
+    async fn note_blocked(&self, ctx: &Context, old: &EtcdClusterStatus, step: &Step) {
+        let Step::Blocked { reason, message } = step else {
+            return;
+        };
+        let was = old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == *reason);
+        if !was {
+            self.event(ctx, EventType::Warning, reason, "Plan", message)
+                .await;
+        }
+    }
+
+    async fn event(&self, ctx: &Context, type_: EventType, reason: &str, action: &str, note: &str) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &self.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing event");
+        }
+    }
+}
+
+/// Requeue while a learner catches up.
+const REQUEST_CATCH_UP: Duration = Duration::from_secs(3);
+
+fn describe(step: &Step, names: &Names) -> String {
+    match step {
+        Step::Bootstrap => format!("bootstrapping {}", names.pod(0)),
+        Step::AddLearner { ordinal } => format!("adding {} as a learner", names.pod(*ordinal)),
+        Step::SetReplicas { replicas } => format!("setting StatefulSet replicas to {replicas}"),
+        Step::Promote { ordinal, .. } => format!("promoting {}", names.pod(*ordinal)),
+        Step::MoveLeader { from, to } => format!("moving leadership from {from:x} to {to:x}"),
+        Step::Remove { ordinal, .. } => format!("removing {}", names.pod(*ordinal)),
+        Step::Wipe { ordinal, .. } => format!("wiping {}", names.pod(*ordinal)),
+        Step::DeletePvc { ordinal } => format!("deleting claim {}", names.pvc(*ordinal)),
+        Step::Wait { message, .. } | Step::Blocked { message, .. } => message.clone(),
+        Step::Converged => String::new(),
+    }
+}
+
+/// The entry point of each reconciliation: finalizer, timing, metrics.
+pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let ns = cluster.namespace().unwrap_or_default();
+    let api: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let res = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            Finalizer::Apply(c) => c.reconcile(&ctx).await,
+            Finalizer::Cleanup(c) => c.cleanup(&ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+/// Requeue after a failed reconciliation; counts the error.
+pub fn error_policy(cluster: Arc<EtcdCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            kind: error.kind().into(),
+        })
+        .inc();
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, "reconcile failed");
+    Action::requeue(match error.kind() {
+        "member" => REQUEUE_WAIT,
+        _ => Duration::from_secs(10),
+    })
+}
+
+/// Runs the controller until `shutdown` resolves. `namespace` limits it to one namespace.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=concord-operator");
+    let mut controller = Controller::new(
+        api::<EtcdCluster>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+    .owns(api::<Service>(&client, &namespace), owned.clone())
+    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+    .watches(
+        api::<Pod>(&client, &namespace),
+        owned.clone(),
+        |pod: Pod| {
+            let name = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<EtcdCluster>::new(&name).within(&pod.namespace()?))
+        },
+    );
+    if let Some(ar) = ctx.pdb.clone() {
+        let pdbs: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_with(pdbs, ar, owned.clone());
+    } else {
+        tracing::warn!(
+            "the API server serves no PodDisruptionBudget API (policy/v1 or policy/v1beta1); \
+             clusters get none"
+        );
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
