@@ -466,6 +466,9 @@ async fn tick(
                 Ok(run) => {
                     ctx.log(&format!("started {ns}/{name} ({uid}) on {}", run.ip.ip()));
                     runs.insert(uid.clone(), run);
+                    // Its processes start on the next tick, once `/etc/hosts` has its names
+                    // (servers resolve their own advertised URLs when they start).
+                    continue;
                 }
                 Err(e) => {
                     ctx.log(&format!("cannot start {ns}/{name} yet: {e:#}"));
