@@ -214,7 +214,10 @@ impl EtcdServer {
         if !req.serializable {
             self.linearizable_read_barrier().await?;
         }
+        // etcd's `doSerialize`: the caller's read permission, and no auth change meanwhile.
+        self.auth_check_current(crate::auth::Access::Read, &req.key, &req.range_end)?;
         let mut resp = apply::range(&self.read_view()?, &req)?;
+        self.auth_recheck_current()?;
         self.fill(&mut resp.header);
         Ok(resp)
     }

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::lock::fill;
+use crate::auth::{AuthInfo, with_credentials};
 use crate::concurrency;
 use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -34,16 +35,31 @@ impl ElectionService {
 
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
+impl ElectionService {
+    /// The caller's credentials: etcd serves Election through an in-process client that
+    /// passes them on to every KV call it makes.
+    async fn credentials<T>(&self, req: &Request<T>) -> Result<Option<AuthInfo>, Status> {
+        self.server
+            .auth_info_of(req)
+            .await
+            .map_err(|e| e.via_client())
+    }
+}
+
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let info = self.credentials(&req).await?;
         let req = req.into_inner();
         let server = self.server.clone();
         let mut resp = concurrency::run_detached(move |cancel| {
-            concurrency::campaign(server, req.name, req.lease, req.value, cancel)
+            with_credentials(
+                info,
+                concurrency::campaign(server, req.name, req.lease, req.value, cancel),
+            )
         })
         .await
         .map_err(|e| e.via_client())?;
@@ -55,10 +71,14 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let info = self.credentials(&req).await?;
         let req = req.into_inner();
-        let mut resp = concurrency::proclaim(&self.server, req.leader, &req.value)
-            .await
-            .map_err(|e| e.via_client())?;
+        let mut resp = with_credentials(
+            info,
+            concurrency::proclaim(&self.server, req.leader, &req.value),
+        )
+        .await
+        .map_err(|e| e.via_client())?;
         fill(&self.server, &mut resp.header);
         Ok(Response::new(resp))
     }
@@ -67,7 +87,9 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let mut resp = concurrency::leader(&self.server, &req.into_inner().name)
+        let info = self.credentials(&req).await?;
+        let name = req.into_inner().name;
+        let mut resp = with_credentials(info, concurrency::leader(&self.server, &name))
             .await
             .map_err(|e| e.via_client())?;
         fill(&self.server, &mut resp.header);
@@ -78,11 +100,11 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let info = self.credentials(&req).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(concurrency::observe(
-            self.server.clone(),
-            req.into_inner().name,
-            tx,
+        tokio::spawn(with_credentials(
+            info,
+            concurrency::observe(self.server.clone(), req.into_inner().name, tx),
         ));
         let server = self.server.clone();
         let stream = ReceiverStream::new(rx).map(move |mut r| {
@@ -96,7 +118,9 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let mut resp = concurrency::resign(&self.server, req.into_inner().leader)
+        let info = self.credentials(&req).await?;
+        let leader = req.into_inner().leader;
+        let mut resp = with_credentials(info, concurrency::resign(&self.server, leader))
             .await
             .map_err(|e| e.via_client())?;
         fill(&self.server, &mut resp.header);

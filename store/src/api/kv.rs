@@ -2,13 +2,16 @@
 //!
 //! The checks here are etcd's `api/v3rpc/key.go`: empty keys, ignore_value/ignore_lease misuse,
 //! sort options, txn size (`--max-txn-ops`) and overlapping writes in a txn. They run before
-//! anything is proposed, so bad input never reaches the raft log.
+//! anything is proposed, so bad input never reaches the raft log. Then the caller's
+//! credentials are resolved and travel with the request: Range is checked by `server` after
+//! its read barrier, writes and Txn (compares and every op) by the applier.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::with_credentials;
 use crate::error::{Error, Result};
 use crate::mvcc::KeyInterval;
 use crate::proto::etcdserverpb::{
@@ -148,39 +151,46 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<Writes<'_>> {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let req = req.into_inner();
-        check_range(&req)?;
-        Ok(Response::new(self.server.range(req).await?))
+        check_range(req.get_ref())?;
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.range(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = req.into_inner();
-        check_put(&req)?;
-        Ok(Response::new(self.server.put(req).await?))
+        check_put(req.get_ref())?;
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.put(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = req.into_inner();
-        check_delete(&req)?;
-        Ok(Response::new(self.server.delete_range(req).await?))
+        check_delete(req.get_ref())?;
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.delete_range(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let req = req.into_inner();
-        check_txn(&req, self.server.config().max_txn_ops)?;
-        check_intervals(&req.success)?;
-        check_intervals(&req.failure)?;
-        Ok(Response::new(self.server.txn(req).await?))
+        check_txn(req.get_ref(), self.server.config().max_txn_ops)?;
+        check_intervals(&req.get_ref().success)?;
+        check_intervals(&req.get_ref().failure)?;
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.txn(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        Ok(Response::new(self.server.compact(req.into_inner()).await?))
+        // etcd checks no permission for a compaction; the credentials still travel with it.
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.compact(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 }
 

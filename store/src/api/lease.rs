@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::with_credentials;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
@@ -40,18 +41,19 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        Ok(Response::new(
-            self.server.lease_grant(req.into_inner()).await?,
-        ))
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.lease_grant(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(Response::new(
-            self.server.lease_revoke(req.into_inner()).await?,
-        ))
+        // The applier checks write permission on every key attached to the lease.
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = with_credentials(info, self.server.lease_revoke(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn lease_keep_alive(
@@ -77,9 +79,21 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(
-            self.server.lease_time_to_live(req.into_inner()).await?,
-        ))
+        // etcd checks read permission on the attached keys only when they are asked for.
+        let checked = if req.get_ref().keys {
+            let info = self.server.auth_info_of(&req).await?;
+            Some(
+                self.server
+                    .auth_check_lease_keys(info.as_ref(), req.get_ref().id)?,
+            )
+        } else {
+            None
+        };
+        let resp = self.server.lease_time_to_live(req.into_inner()).await?;
+        if let Some(rev) = checked {
+            self.server.auth_recheck_revision(rev)?;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn lease_leases(

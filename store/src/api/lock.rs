@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::{AuthInfo, with_credentials};
 use crate::concurrency;
 use crate::proto::v3lockpb::{
     LockRequest, LockResponse, UnlockRequest, UnlockResponse, lock_server::Lock,
@@ -25,13 +26,25 @@ impl LockService {
     }
 }
 
+impl LockService {
+    /// The caller's credentials: etcd serves Lock through an in-process client that passes
+    /// them on to every KV call it makes.
+    async fn credentials<T>(&self, req: &Request<T>) -> Result<Option<AuthInfo>, Status> {
+        self.server
+            .auth_info_of(req)
+            .await
+            .map_err(|e| e.via_client())
+    }
+}
+
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let info = self.credentials(&req).await?;
         let req = req.into_inner();
         let server = self.server.clone();
         let mut resp = concurrency::run_detached(move |cancel| {
-            concurrency::lock(server, req.name, req.lease, cancel)
+            with_credentials(info, concurrency::lock(server, req.name, req.lease, cancel))
         })
         .await
         .map_err(|e| e.via_client())?;
@@ -43,7 +56,9 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let mut resp = concurrency::unlock(&self.server, &req.into_inner().key)
+        let info = self.credentials(&req).await?;
+        let key = req.into_inner().key;
+        let mut resp = with_credentials(info, concurrency::unlock(&self.server, &key))
             .await
             .map_err(|e| e.via_client())?;
         fill(&self.server, &mut resp.header);

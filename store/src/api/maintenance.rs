@@ -90,6 +90,21 @@ fn stream_file(
     }
 }
 
+impl MaintenanceService {
+    /// etcd's `authMaintenanceServer.isAuthenticated`: Defragment, Snapshot, Hash and HashKV
+    /// are for the root role while auth is enabled. etcd answers these errors unconverted.
+    async fn admin_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let info = self
+            .server
+            .auth_info_of(req)
+            .await
+            .map_err(crate::auth::unconverted_status)?;
+        self.server
+            .auth_check_admin(info.as_ref())
+            .map_err(crate::auth::unconverted_status)
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -97,17 +112,21 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Ok(Response::new(self.server.alarm(req.into_inner()).await?))
+        let info = self.server.auth_info_of(&req).await?;
+        let resp = crate::auth::with_credentials(info, self.server.alarm(req.into_inner())).await?;
+        Ok(Response::new(resp))
     }
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin_only(&req).await?;
         Ok(Response::new(self.server.defragment().await?))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin_only(&req).await?;
         Ok(Response::new(self.server.hash().await?))
     }
 
@@ -115,6 +134,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin_only(&req).await?;
         Ok(Response::new(self.server.hash_kv(req.into_inner()).await?))
     }
 
@@ -129,8 +149,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.admin_only(&req).await?;
         let file = self.server.snapshot().await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || stream_file(file, tx));

@@ -52,13 +52,16 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (metadata, extensions, inbound) = req.into_parts();
         let stream = WatchStream {
             server: self.server.clone(),
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
+            metadata,
+            extensions,
         };
-        tokio::spawn(stream.run(req.into_inner()));
+        tokio::spawn(stream.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -90,6 +93,9 @@ struct WatchStream {
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// The stream's metadata and extensions: its credentials, resolved at every create.
+    metadata: tonic::metadata::MetadataMap,
+    extensions: tonic::Extensions,
 }
 
 /// The stream's client went away; stop serving it.
@@ -269,6 +275,18 @@ impl WatchStream {
     async fn create(&mut self, c: WatchCreateRequest, current: i64) -> Result<(), Gone> {
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let end = c.range_end;
+        if let Err(e) = self.watch_permitted(&key, &end).await {
+            // etcd's `isWatchPermitted` failure: created and canceled at once, no id.
+            let r = WatchResponse {
+                header: self.header(current),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: crate::auth::watch_cancel_reason(&e),
+                ..Default::default()
+            };
+            return self.send(r).await;
+        }
         let mut err = None;
         if !end.is_empty() && end != [0] && key >= end {
             err = Some("mvcc: watcher range is empty");
@@ -320,6 +338,19 @@ impl WatchStream {
             ..Default::default()
         };
         self.send(r).await
+    }
+
+    /// etcd's `isWatchPermitted`: read permission on the watched range, with the stream's
+    /// credentials. Unlike etcd 3.5, which checks a from-key watch (`range_end` `"\0"`) as its
+    /// first key only, the whole range from the key on must be readable.
+    async fn watch_permitted(&self, key: &[u8], end: &[u8]) -> crate::error::Result<()> {
+        let info = self
+            .server
+            .auth_info(&self.metadata, &self.extensions)
+            .await?;
+        let info = info.unwrap_or_default();
+        self.server
+            .auth_check(Some(&info), crate::auth::Access::Read, key, end)
     }
 
     async fn progress_tick(&mut self, delivered: i64) -> Result<(), Gone> {

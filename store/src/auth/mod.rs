@@ -125,6 +125,12 @@ pub async fn with_credentials<F: Future>(info: Option<AuthInfo>, f: F) -> F::Out
     CREDENTIALS.scope(info.unwrap_or_default(), f).await
 }
 
+/// The credentials of the client request being served (`Some` inside [`with_credentials`],
+/// the empty ones when none were given); `None` outside, for the member's own work.
+pub fn current_credentials() -> Option<AuthInfo> {
+    CREDENTIALS.try_with(Clone::clone).ok()
+}
+
 /// The raft payload of a proposal: `request` wrapped with the credentials of the client
 /// request being served, or bare when the member proposes on its own.
 pub fn wrap_proposal(id: u64, request: Request) -> InternalRequest {
@@ -158,6 +164,32 @@ pub fn unwrap_proposal(req: InternalRequest) -> Result<(InternalRequest, Option<
         }
         _ => Ok((req, None)),
     }
+}
+
+/// An auth error as etcd returns it where it skips its gRPC error table (Maintenance's
+/// `isAuthenticated`): code `Unknown` with the auth store's own text (`auth: ...`).
+pub fn unconverted_status(e: Error) -> tonic::Status {
+    let text = match e {
+        Error::UserEmpty => "auth: user name is empty",
+        Error::UserNotFound => "auth: user not found",
+        Error::PermissionDenied => "auth: permission denied",
+        Error::InvalidAuthToken => "auth: invalid auth token",
+        Error::AuthOldRevision => "auth: revision in header is old",
+        other => return other.into(),
+    };
+    tonic::Status::new(tonic::Code::Unknown, text)
+}
+
+/// A watch's cancel reason for an auth error (etcd's `isWatchPermitted` failure): the text of
+/// etcd's gRPC status error, `rpc error: code = ... desc = ...`; any other error is
+/// `permission denied`.
+pub fn watch_cancel_reason(e: &Error) -> String {
+    let (code, e) = match e {
+        Error::InvalidAuthToken => ("Unauthenticated", e),
+        Error::AuthOldRevision | Error::UserEmpty => ("InvalidArgument", e),
+        _ => ("PermissionDenied", &Error::PermissionDenied),
+    };
+    format!("rpc error: code = {code} desc = {e}")
 }
 
 /// The auth state as of one applied index.
@@ -503,6 +535,45 @@ impl EtcdServer {
     /// etcd's `IsAdminPermitted` on this member's state.
     pub fn auth_check_admin(&self, info: Option<&AuthInfo>) -> Result<()> {
         self.auth_state()?.check_admin(info)
+    }
+
+    /// [`EtcdServer::auth_check`] with the credentials of the client request being served
+    /// ([`current_credentials`]); the member's own reads pass.
+    pub fn auth_check_current(&self, access: Access, key: &[u8], range_end: &[u8]) -> Result<()> {
+        match current_credentials() {
+            Some(info) => self.auth_check(Some(&info), access, key, range_end),
+            None => Ok(()),
+        }
+    }
+
+    /// [`EtcdServer::auth_recheck`] with the credentials of the client request being served.
+    pub fn auth_recheck_current(&self) -> Result<()> {
+        self.auth_recheck(current_credentials().as_ref())
+    }
+
+    /// etcd's `checkLeaseTimeToLive` (LeaseTimeToLive with keys): read permission on every
+    /// key attached to `lease`; no credentials at all is `etcdserver: user name is empty`.
+    /// Returns the auth revision checked at, for [`EtcdServer::auth_recheck_revision`].
+    pub fn auth_check_lease_keys(&self, info: Option<&AuthInfo>, lease: i64) -> Result<u64> {
+        let st = self.auth_state()?;
+        if !st.enabled {
+            return Ok(st.revision);
+        }
+        let info = info.ok_or(Error::UserEmpty)?;
+        for key in crate::lease::committed_keys(self.backend(), lease)? {
+            st.check_op(Some(info), Access::Read, &key, &[])?;
+        }
+        Ok(st.revision)
+    }
+
+    /// Fails with `etcdserver: revision of auth store is old` if auth is enabled and its
+    /// revision is no longer `checked`.
+    pub fn auth_recheck_revision(&self, checked: u64) -> Result<()> {
+        let st = self.auth_state()?;
+        if st.enabled && st.revision != checked {
+            return Err(Error::AuthOldRevision);
+        }
+        Ok(())
     }
 
     /// etcd's `doSerialize` tail: the auth store must not have changed while a checked read
