@@ -365,3 +365,630 @@ fn etcdctl_auth_session_matches_etcd35() {
         concord.kind(),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same over gRPC, where etcdctl cannot go: exact codes and messages of every refusal.
+
+mod grpc {
+    use std::fmt::Debug;
+
+    use concord_store::proto::authpb::{Permission, UserAddOptions, permission::Type};
+    use concord_store::proto::etcdserverpb::{
+        AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest,
+        AuthRoleGetRequest, AuthRoleGrantPermissionRequest, AuthStatusRequest, AuthUserAddRequest,
+        AuthUserDeleteRequest, AuthUserGetRequest, AuthUserGrantRoleRequest, AuthUserListRequest,
+        AuthenticateRequest, CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest,
+        HashRequest, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
+        RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
+        alarm_request::AlarmAction, auth_client::AuthClient, compare, kv_client::KvClient,
+        lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op,
+        watch_client::WatchClient, watch_request::RequestUnion,
+    };
+    use concord_tests::ledger::channel;
+    use tonic::transport::Channel;
+
+    /// A client of one server that records what every call answered.
+    pub struct Session {
+        ch: Channel,
+        pub log: Vec<String>,
+    }
+
+    /// A request with the `token` metadata (none for `None`).
+    pub fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("token", t.parse().expect("ascii token"));
+        }
+        r
+    }
+
+    fn err(s: &tonic::Status) -> String {
+        format!("error {:?}: {}", s.code(), s.message())
+    }
+
+    impl Session {
+        pub fn new(endpoint: &str) -> Session {
+            Session {
+                ch: channel(endpoint).expect("a channel"),
+                log: Vec::new(),
+            }
+        }
+
+        pub fn auth(&self) -> AuthClient<Channel> {
+            AuthClient::new(self.ch.clone())
+        }
+        pub fn kv(&self) -> KvClient<Channel> {
+            KvClient::new(self.ch.clone())
+        }
+        pub fn lease(&self) -> LeaseClient<Channel> {
+            LeaseClient::new(self.ch.clone())
+        }
+        pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+            MaintenanceClient::new(self.ch.clone())
+        }
+
+        /// Records `what` with the answer: `show(response)` or the error's code and message.
+        pub fn note<T: Debug>(
+            &mut self,
+            what: &str,
+            r: Result<tonic::Response<T>, tonic::Status>,
+            show: impl FnOnce(&T) -> String,
+        ) -> Option<T> {
+            match r {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    self.log.push(format!("{what}: ok {}", show(&r)));
+                    Some(r)
+                }
+                Err(s) => {
+                    self.log.push(format!("{what}: {}", err(&s)));
+                    None
+                }
+            }
+        }
+
+        /// A token for `name`, or the empty string (and the error recorded).
+        pub async fn token(&mut self, name: &str, password: &str) -> String {
+            let r = self
+                .auth()
+                .authenticate(AuthenticateRequest {
+                    name: name.into(),
+                    password: password.into(),
+                })
+                .await;
+            self.note(&format!("authenticate {name}"), r, |_| String::new())
+                .map(|r| r.token)
+                .unwrap_or_default()
+        }
+
+        /// The first answer of a watch on `key..end` with `token`.
+        pub async fn watch(&mut self, what: &str, key: &str, end: &str, token: Option<&str>) {
+            let create = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: key.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                })),
+            };
+            let stream = futures::stream::iter(vec![create]).chain(futures::stream::pending());
+            let r = WatchClient::new(self.ch.clone())
+                .watch(req(stream, token))
+                .await;
+            let line = match r {
+                Ok(resp) => {
+                    let mut inbound = resp.into_inner();
+                    match inbound.message().await {
+                        Ok(Some(w)) => format!(
+                            "ok id {} created {} canceled {} reason {:?}",
+                            w.watch_id, w.created, w.canceled, w.cancel_reason
+                        ),
+                        Ok(None) => "stream ended".into(),
+                        Err(s) => err(&s),
+                    }
+                }
+                Err(s) => err(&s),
+            };
+            self.log.push(format!("{what}: {line}"));
+        }
+    }
+
+    use futures::StreamExt;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn get(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn value_is(key: &str, v: &str) -> Compare {
+        Compare {
+            key: key.into(),
+            target: compare::CompareTarget::Value as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Value(v.into())),
+            ..Default::default()
+        }
+    }
+
+    fn perm(t: Type, key: &str, end: &str) -> Option<Permission> {
+        Some(Permission {
+            perm_type: t as i32,
+            key: key.into(),
+            range_end: end.into(),
+        })
+    }
+
+    fn keys(kvs: &[concord_store::proto::mvccpb::KeyValue]) -> String {
+        let ks: Vec<String> = kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        ks.join(",")
+    }
+
+    /// The session: root checks of AuthEnable, management errors, then every KV, Lease,
+    /// Watch and Maintenance path as root, as a user with some permissions, without a token
+    /// and with a bad one.
+    pub async fn session(endpoint: &str) -> Vec<String> {
+        let mut s = Session::new(endpoint);
+        let a = s.auth();
+        let r = a.clone().auth_enable(AuthEnableRequest {}).await;
+        s.note("enable without root", r, |_| String::new());
+        let add = |name: &str, pw: &str| AuthUserAddRequest {
+            name: name.into(),
+            password: pw.into(),
+            ..Default::default()
+        };
+        let r = a.clone().user_add(add("", "x")).await;
+        s.note("add empty user", r, |_| String::new());
+        let r = a.clone().user_add(add("root", "rootpw")).await;
+        s.note("add root", r, |_| String::new());
+        let r = a.clone().auth_enable(AuthEnableRequest {}).await;
+        s.note("enable without root role", r, |_| String::new());
+        let r = a
+            .clone()
+            .role_add(AuthRoleAddRequest { name: "".into() })
+            .await;
+        s.note("add empty role", r, |_| String::new());
+        let grant = |user: &str, role: &str| AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        };
+        let r = a.clone().user_grant_role(grant("root", "root")).await;
+        s.note("grant root to root", r, |_| String::new());
+        let r = a.clone().user_add(add("alice", "alicepw")).await;
+        s.note("add alice", r, |_| String::new());
+        let r = a
+            .clone()
+            .user_add(AuthUserAddRequest {
+                name: "nopw".into(),
+                options: Some(UserAddOptions { no_password: true }),
+                ..Default::default()
+            })
+            .await;
+        s.note("add nopw", r, |_| String::new());
+        let r = a
+            .clone()
+            .role_add(AuthRoleAddRequest { name: "r".into() })
+            .await;
+        s.note("add role r", r, |_| String::new());
+        let gp = |name: &str, perm: Option<Permission>| AuthRoleGrantPermissionRequest {
+            name: name.into(),
+            perm,
+        };
+        let r = a
+            .clone()
+            .role_grant_permission(gp("r", perm(Type::Readwrite, "a", "c")))
+            .await;
+        s.note("grant r readwrite [a,c)", r, |_| String::new());
+        let r = a
+            .clone()
+            .role_grant_permission(gp("r", perm(Type::Read, "p/", "p0")))
+            .await;
+        s.note("grant r read p/", r, |_| String::new());
+        let r = a.clone().role_grant_permission(gp("r", None)).await;
+        s.note("grant nothing", r, |_| String::new());
+        let r = a
+            .clone()
+            .role_grant_permission(gp("r", perm(Type::Read, "", "")))
+            .await;
+        s.note("grant empty key", r, |_| String::new());
+        let r = a.clone().user_grant_role(grant("alice", "r")).await;
+        s.note("grant r to alice", r, |_| String::new());
+        let r = a.clone().user_grant_role(grant("nopw", "r")).await;
+        s.note("grant r to nopw", r, |_| String::new());
+        let r = a.clone().auth_enable(AuthEnableRequest {}).await;
+        s.note("enable", r, |_| String::new());
+
+        // --- tokens
+        let r = a
+            .clone()
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "nope".into(),
+            })
+            .await;
+        s.note("authenticate root wrong", r, |_| String::new());
+        let r = a
+            .clone()
+            .authenticate(AuthenticateRequest {
+                name: "nobody".into(),
+                password: "x".into(),
+            })
+            .await;
+        s.note("authenticate nobody", r, |_| String::new());
+        let r = a
+            .clone()
+            .authenticate(AuthenticateRequest {
+                name: "nopw".into(),
+                password: "".into(),
+            })
+            .await;
+        s.note("authenticate nopw", r, |_| String::new());
+        let root = s.token("root", "rootpw").await;
+        let alice = s.token("alice", "alicepw").await;
+        let (root, alice) = (Some(root.as_str()), Some(alice.as_str()));
+
+        let kv = s.kv();
+        let p = |k: &str| PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let r = kv.clone().put(req(p("b"), None)).await;
+        s.note("put without token", r, |_| String::new());
+        let r = kv.clone().put(req(p("b"), Some("bogus"))).await;
+        s.note("put with a bogus token", r, |_| String::new());
+        let r = kv
+            .clone()
+            .put(req(p("b"), Some("abcdefghijklmnop.1")))
+            .await;
+        s.note("put with an unknown simple token", r, |_| String::new());
+        let r = kv.clone().put(req(p("z"), root)).await;
+        s.note("root put z", r, |r| {
+            format!("rev {:?}", r.header.as_ref().map(|h| h.revision))
+        });
+        let r = kv.clone().put(req(p("b"), alice)).await;
+        s.note("alice put b", r, |_| String::new());
+        let r = kv.clone().put(req(p("z"), alice)).await;
+        s.note("alice put z", r, |_| String::new());
+        let r = kv
+            .clone()
+            .put(req(
+                PutRequest {
+                    prev_kv: true,
+                    ..p("p/x")
+                },
+                root,
+            ))
+            .await;
+        s.note("root put p/x", r, |_| String::new());
+        let r = kv.clone().put(req(p("p/x"), alice)).await;
+        s.note("alice put p/x (read only)", r, |_| String::new());
+        let range = |k: &str, e: &str| RangeRequest {
+            key: k.into(),
+            range_end: e.into(),
+            ..Default::default()
+        };
+        let r = kv.clone().range(req(range("a", "c"), alice)).await;
+        s.note("alice get [a,c)", r, |r| keys(&r.kvs));
+        let r = kv.clone().range(req(range("a", "d"), alice)).await;
+        s.note("alice get [a,d)", r, |r| keys(&r.kvs));
+        let r = kv.clone().range(req(range("p/", "p0"), alice)).await;
+        s.note("alice get p/", r, |r| keys(&r.kvs));
+        let r = kv
+            .clone()
+            .range(req(
+                RangeRequest {
+                    serializable: true,
+                    ..range("z", "")
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice serializable get z", r, |r| keys(&r.kvs));
+        let r = kv.clone().range(req(range("z", ""), None)).await;
+        s.note("get z without token", r, |r| keys(&r.kvs));
+        let r = kv.clone().range(req(range("\0", "\0"), root)).await;
+        s.note("root get all", r, |r| keys(&r.kvs));
+        let del = |k: &str, e: &str, prev: bool| DeleteRangeRequest {
+            key: k.into(),
+            range_end: e.into(),
+            prev_kv: prev,
+        };
+        let r = kv
+            .clone()
+            .delete_range(req(del("p/", "p0", false), alice))
+            .await;
+        s.note("alice del p/", r, |_| String::new());
+        let r = kv
+            .clone()
+            .delete_range(req(del("a", "c", true), alice))
+            .await;
+        s.note("alice del [a,c) prev_kv", r, |r| {
+            format!("deleted {}", r.deleted)
+        });
+        let txn = |compare: Vec<Compare>, success: Vec<RequestOp>| TxnRequest {
+            compare,
+            success,
+            failure: vec![],
+        };
+        let r = kv
+            .clone()
+            .txn(req(txn(vec![value_is("z", "v")], vec![put("b")]), alice))
+            .await;
+        s.note("alice txn comparing z", r, |_| String::new());
+        let r = kv
+            .clone()
+            .txn(req(txn(vec![value_is("b", "v")], vec![get("z")]), alice))
+            .await;
+        s.note("alice txn getting z", r, |_| String::new());
+        let r = kv
+            .clone()
+            .txn(req(txn(vec![value_is("b", "x")], vec![put("b")]), alice))
+            .await;
+        s.note("alice txn on b", r, |r| {
+            format!("succeeded {}", r.succeeded)
+        });
+        let r = kv.clone().txn(req(txn(vec![], vec![get("z")]), None)).await;
+        s.note("read-only txn without token", r, |_| String::new());
+        let r = kv
+            .clone()
+            .compact(req(
+                CompactionRequest {
+                    revision: 2,
+                    physical: false,
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice compact", r, |_| String::new());
+
+        // --- leases
+        let l = s.lease();
+        let r = l
+            .clone()
+            .lease_grant(req(LeaseGrantRequest { ttl: 600, id: 77 }, alice))
+            .await;
+        s.note("alice lease grant", r, |r| format!("id {}", r.id));
+        let r = kv
+            .clone()
+            .put(req(
+                PutRequest {
+                    lease: 77,
+                    ..p("b")
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice put b with lease", r, |_| String::new());
+        let ttl = |keys: bool| LeaseTimeToLiveRequest { id: 77, keys };
+        let r = l.clone().lease_time_to_live(req(ttl(true), alice)).await;
+        s.note("alice ttl with keys", r, |r| {
+            format!("{} keys", r.keys.len())
+        });
+        let r = kv
+            .clone()
+            .put(req(
+                PutRequest {
+                    lease: 77,
+                    ..p("z")
+                },
+                root,
+            ))
+            .await;
+        s.note("root put z with the lease", r, |_| String::new());
+        let r = l.clone().lease_time_to_live(req(ttl(true), alice)).await;
+        s.note("alice ttl with keys incl. z", r, |r| {
+            format!("{} keys", r.keys.len())
+        });
+        let r = l.clone().lease_time_to_live(req(ttl(false), alice)).await;
+        s.note("alice ttl without keys", r, |r| {
+            format!("granted {}", r.granted_ttl)
+        });
+        let r = l.clone().lease_time_to_live(req(ttl(true), None)).await;
+        s.note("ttl with keys without token", r, |_| String::new());
+        let r = kv
+            .clone()
+            .put(req(
+                PutRequest {
+                    lease: 77,
+                    ..p("b")
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice put b onto a lease holding z", r, |_| String::new());
+        let r = l
+            .clone()
+            .lease_revoke(req(LeaseRevokeRequest { id: 77 }, alice))
+            .await;
+        s.note("alice revoke", r, |_| String::new());
+        let r = l
+            .clone()
+            .lease_revoke(req(LeaseRevokeRequest { id: 77 }, root))
+            .await;
+        s.note("root revoke", r, |_| String::new());
+
+        // --- watch
+        s.watch("alice watch b", "b", "", alice).await;
+        s.watch("alice watch z", "z", "", alice).await;
+        s.watch("alice watch [a,d)", "a", "d", alice).await;
+        s.watch("watch b without token", "b", "", None).await;
+        s.watch("watch b with a bogus token", "b", "", Some("bogus"))
+            .await;
+
+        // --- maintenance
+        let m = s.maintenance();
+        let r = m.clone().status(req(StatusRequest {}, None)).await;
+        s.note("status without token", r, |_| String::new());
+        let r = m.clone().hash(req(HashRequest {}, alice)).await;
+        s.note("alice hash", r, |_| String::new());
+        let r = m.clone().hash(req(HashRequest {}, None)).await;
+        s.note("hash without token", r, |_| String::new());
+        let r = m
+            .clone()
+            .hash_kv(req(HashKvRequest { revision: 0 }, Some("bogus")))
+            .await;
+        s.note("hashkv with a bogus token", r, |_| String::new());
+        let r = m
+            .clone()
+            .hash_kv(req(HashKvRequest { revision: 0 }, root))
+            .await;
+        s.note("root hashkv", r, |_| String::new());
+        let r = m
+            .clone()
+            .alarm(req(
+                AlarmRequest {
+                    action: AlarmAction::Get as i32,
+                    ..Default::default()
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice alarm list", r, |r| {
+            format!("{} alarms", r.alarms.len())
+        });
+
+        // --- management as a user, and as root
+        let r = a
+            .clone()
+            .user_get(req(
+                AuthUserGetRequest {
+                    name: "alice".into(),
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice gets alice", r, |r| format!("{:?}", r.roles));
+        let r = a
+            .clone()
+            .user_get(req(
+                AuthUserGetRequest {
+                    name: "root".into(),
+                },
+                alice,
+            ))
+            .await;
+        s.note("alice gets root", r, |r| format!("{:?}", r.roles));
+        let r = a
+            .clone()
+            .role_get(req(AuthRoleGetRequest { role: "r".into() }, alice))
+            .await;
+        s.note("alice gets role r", r, |r| {
+            format!("{} perms", r.perm.len())
+        });
+        let r = a
+            .clone()
+            .role_get(req(
+                AuthRoleGetRequest {
+                    role: "root".into(),
+                },
+                root,
+            ))
+            .await;
+        s.note("root gets role root", r, |r| format!("{:?}", r.perm));
+        let r = a
+            .clone()
+            .user_list(req(AuthUserListRequest {}, alice))
+            .await;
+        s.note("alice lists users", r, |r| format!("{:?}", r.users));
+        let r = a.clone().user_list(req(AuthUserListRequest {}, root)).await;
+        s.note("root lists users", r, |r| format!("{:?}", r.users));
+        let r = a
+            .clone()
+            .auth_status(req(AuthStatusRequest {}, alice))
+            .await;
+        s.note("alice auth status", r, |_| String::new());
+        let r = a.clone().auth_status(req(AuthStatusRequest {}, root)).await;
+        s.note("root auth status", r, |r| {
+            format!("enabled {} revision {}", r.enabled, r.auth_revision)
+        });
+        let r = a.clone().user_add(req(add("eve", "x"), alice)).await;
+        s.note("alice adds a user", r, |_| String::new());
+        let r = a.clone().user_add(req(add("eve", "x"), None)).await;
+        s.note("add a user without token", r, |_| String::new());
+        let r = a
+            .clone()
+            .user_add(req(add("eve", "x"), Some("bogus")))
+            .await;
+        s.note("add a user with a bogus token", r, |_| String::new());
+        let r = a
+            .clone()
+            .user_delete(req(
+                AuthUserDeleteRequest {
+                    name: "root".into(),
+                },
+                root,
+            ))
+            .await;
+        s.note("root deletes root", r, |_| String::new());
+        let r = a
+            .clone()
+            .auth_disable(req(AuthDisableRequest {}, alice))
+            .await;
+        s.note("alice disables auth", r, |_| String::new());
+        // A password change drops the user's tokens; an auth change makes old ones stale.
+        let r = a
+            .clone()
+            .user_change_password(req(
+                concord_store::proto::etcdserverpb::AuthUserChangePasswordRequest {
+                    name: "alice".into(),
+                    password: "newpw".into(),
+                    ..Default::default()
+                },
+                root,
+            ))
+            .await;
+        s.note("root changes alice's password", r, |_| String::new());
+        let r = kv.clone().range(req(range("b", ""), alice)).await;
+        s.note("alice get b with her old token", r, |r| keys(&r.kvs));
+        let r = a
+            .clone()
+            .auth_disable(req(AuthDisableRequest {}, root))
+            .await;
+        s.note("root disables auth", r, |_| String::new());
+        let r = a.clone().auth_status(req(AuthStatusRequest {}, None)).await;
+        s.note("auth status", r, |r| {
+            format!("enabled {} revision {}", r.enabled, r.auth_revision)
+        });
+        let r = a
+            .clone()
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "rootpw".into(),
+            })
+            .await;
+        s.note("authenticate with auth disabled", r, |_| String::new());
+        s.log
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_auth_session_matches_etcd35() {
+    let reference = start(ServerKind::Etcd35);
+    let concord = start(ServerKind::Concord);
+    let expected = grpc::session(&reference.endpoint()).await;
+    let actual = grpc::session(&concord.endpoint()).await;
+    println!("{}", expected.join("\n"));
+    assert_eq!(
+        actual.join("\n"),
+        expected.join("\n"),
+        "concord (left) differs from etcd 3.5.16 (right):\n{}",
+        line_diff(&expected.join("\n"), &actual.join("\n"))
+    );
+}
