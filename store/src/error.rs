@@ -199,6 +199,11 @@ impl Error {
     pub fn from_status(s: &Status) -> Error {
         use Error::*;
         let known = [
+            LeaseNotFound,
+            LeaseExists,
+            LeaseTtlTooLarge,
+            NoSpace,
+            Corrupt,
             MemberExist,
             PeerUrlExist,
             MemberNotEnoughStarted,
