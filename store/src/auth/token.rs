@@ -125,6 +125,48 @@ fn read_key(path: &str) -> Result<Vec<u8>> {
     std::fs::read(Path::new(path)).map_err(|e| invalid(format!("cannot read {path}: {e}")))
 }
 
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..=127 => vec![n as u8],
+        128..=255 => vec![0x81, n as u8],
+        _ => vec![0x82, (n >> 8) as u8, n as u8],
+    }
+}
+
+/// A DER element: `tag`, length, `body`.
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(der_len(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
+/// An EC private key for signing. `jsonwebtoken` reads PKCS#8 only, while etcd (Go's
+/// `jwt.ParseECPrivateKeyFromPEM`) also reads OpenSSL's SEC1 `EC PRIVATE KEY`, what
+/// `openssl ecparam -genkey` writes: such a key is wrapped into a PKCS#8 `PrivateKeyInfo`
+/// (RFC 5208) for the curve of `alg` first.
+fn ec_encoding_key(pem: &[u8], alg: Algorithm) -> jsonwebtoken::errors::Result<EncodingKey> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    /// id-ecPublicKey, prime256v1 and secp384r1, DER-encoded with their tag.
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+    let Ok(PrivateKeyDer::Sec1(sec1)) = PrivateKeyDer::from_pem_slice(pem) else {
+        return EncodingKey::from_ec_pem(pem);
+    };
+    let curve = if alg == Algorithm::ES384 { P384 } else { P256 };
+    let algorithm = der(0x30, &[EC_PUBLIC_KEY, curve].concat());
+    let body = [
+        &[0x02, 0x01, 0x00][..],
+        &algorithm,
+        &der(0x04, sec1.secret_sec1_der()),
+    ]
+    .concat();
+    Ok(EncodingKey::from_ec_der(&der(0x30, &body)))
+}
+
 impl Jwt {
     fn from_opts(opts: &HashMap<String, String>) -> Result<Jwt> {
         let method = opts.get("sign-method").map(String::as_str).unwrap_or("");
@@ -164,7 +206,7 @@ impl Jwt {
             ES256 | ES384 => {
                 let sign = priv_pem
                     .as_deref()
-                    .map(EncodingKey::from_ec_pem)
+                    .map(|pem| ec_encoding_key(pem, alg))
                     .transpose()
                     .map_err(bad)?;
                 let Some(p) = pub_pem.as_deref() else {
