@@ -992,3 +992,210 @@ async fn grpc_auth_session_matches_etcd35() {
         line_diff(&expected.join("\n"), &actual.join("\n"))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tokens: JWT (RS256, ES256) and simple-token expiry.
+
+/// Makes `root` with the root role and enables auth, through `s`.
+async fn enable_with_root(s: &mut grpc::Session) {
+    use concord_store::proto::etcdserverpb::{
+        AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    };
+    let a = s.auth();
+    let r = a
+        .clone()
+        .user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+            ..Default::default()
+        })
+        .await;
+    s.note("add root", r, |_| String::new());
+    let r = a
+        .clone()
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await;
+    s.note("grant root", r, |_| String::new());
+    let r = a.clone().auth_enable(AuthEnableRequest {}).await;
+    s.note("enable", r, |_| String::new());
+}
+
+/// A put of `key` with `token`, recorded as `what`.
+async fn put_with(s: &mut grpc::Session, what: &str, key: &str, token: &str) {
+    use concord_store::proto::etcdserverpb::PutRequest;
+    let put = PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let r = s.kv().put(grpc::req(put, Some(token))).await;
+    s.note(what, r, |_| String::new());
+}
+
+/// `token` with one character of its part `part` (0 header, 1 claims, 2 signature) changed.
+fn tamper(token: &str, part: usize) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let p = &mut parts[part];
+    let mid = p.len() / 2;
+    let c = p.as_bytes()[mid];
+    let swapped = if c == b'A' { 'B' } else { 'A' };
+    p.replace_range(mid..=mid, &swapped.to_string());
+    parts.join(".")
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let st = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(st.success(), "openssl {args:?} failed");
+}
+
+/// etcd and concord started with the same `--auth-token jwt,...`: each issues a JWT that
+/// works, a JWT with a changed header, claims or signature is `invalid auth token`, and each
+/// accepts the other's token (same claims, same signature scheme).
+async fn jwt_matches_etcd(method: &str) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = dir.path();
+    match method {
+        "RS256" => {
+            openssl(&["genrsa", "-out", "priv.pem", "2048"], d);
+            openssl(&["rsa", "-in", "priv.pem", "-pubout", "-out", "pub.pem"], d);
+        }
+        _ => {
+            // OpenSSL's SEC1 "EC PRIVATE KEY", as etcd's docs generate it.
+            openssl(
+                &[
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                    "priv.pem",
+                ],
+                d,
+            );
+            openssl(&["ec", "-in", "priv.pem", "-pubout", "-out", "pub.pem"], d);
+        }
+    }
+    let flag = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method={method},ttl=5m",
+        d.join("pub.pem").display(),
+        d.join("priv.pem").display()
+    );
+    let mut servers = Vec::new();
+    for kind in [ServerKind::Etcd35, ServerKind::Concord] {
+        let server = Server::builder(kind)
+            .arg("--bcrypt-cost=4")
+            .arg(&flag)
+            .start()
+            .unwrap_or_else(|e| panic!("starting {kind:?} with {flag}: {e:#}"));
+        servers.push(server);
+    }
+    let mut logs = Vec::new();
+    let mut tokens = Vec::new();
+    for server in &servers {
+        let mut s = grpc::Session::new(&server.endpoint());
+        enable_with_root(&mut s).await;
+        let token = s.token("root", "rootpw").await;
+        s.log
+            .push(format!("token has {} parts", token.split('.').count()));
+        put_with(&mut s, "put with the token", "k", &token).await;
+        for (part, name) in ["header", "claims", "signature"].iter().enumerate() {
+            put_with(
+                &mut s,
+                &format!("tampered {name}"),
+                "k",
+                &tamper(&token, part),
+            )
+            .await;
+        }
+        logs.push(s.log);
+        tokens.push(token);
+    }
+    // Each accepts the other's token.
+    for (server, token) in servers.iter().zip(tokens.iter().rev()) {
+        let mut s = grpc::Session::new(&server.endpoint());
+        put_with(&mut s, "put with the other server's token", "k", token).await;
+        logs.push(s.log);
+    }
+    let (etcd, concord) = (
+        [logs[0].clone(), logs[2].clone()].concat().join("\n"),
+        [logs[1].clone(), logs[3].clone()].concat().join("\n"),
+    );
+    println!("{etcd}");
+    assert!(
+        etcd.contains("token has 3 parts") && etcd.contains("other server's token: ok"),
+        "etcd's own session went wrong:\n{etcd}"
+    );
+    assert_eq!(
+        concord,
+        etcd,
+        "{method}: concord differs from etcd 3.5.16:\n{}",
+        line_diff(&etcd, &concord)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_rs256_tokens_match_etcd35() {
+    jwt_matches_etcd("RS256").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_es256_tokens_match_etcd35() {
+    jwt_matches_etcd("ES256").await;
+}
+
+/// With `--auth-token-ttl=2`, a simple token unused for longer than that is `invalid auth
+/// token` on both servers, while one in use stays valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn simple_token_expires_after_ttl_like_etcd35() {
+    let mut logs = Vec::new();
+    let mut servers = Vec::new();
+    for kind in [ServerKind::Etcd35, ServerKind::Concord] {
+        let server = Server::builder(kind)
+            .arg("--bcrypt-cost=4")
+            .arg("--auth-token-ttl=2")
+            .start()
+            .unwrap_or_else(|e| panic!("starting {kind:?}: {e:#}"));
+        let mut s = grpc::Session::new(&server.endpoint());
+        enable_with_root(&mut s).await;
+        let idle = s.token("root", "rootpw").await;
+        let busy = s.token("root", "rootpw").await;
+        put_with(&mut s, "fresh token", "k", &idle).await;
+        servers.push((server, s, idle, busy));
+    }
+    // Keep one token busy on each server for 4 s (two TTLs); leave the other idle.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (_, s, _, busy) in servers.iter_mut() {
+            let busy = busy.clone();
+            put_with(s, "busy token", "k", &busy).await;
+        }
+    }
+    for (_, s, idle, _) in servers.iter_mut() {
+        let idle = idle.clone();
+        put_with(s, "idle token after 4 s", "k", &idle).await;
+        logs.push(s.log.join("\n"));
+    }
+    println!("{}", logs[0]);
+    assert!(
+        logs[0].ends_with(
+            "idle token after 4 s: error Unauthenticated: etcdserver: invalid auth token"
+        ),
+        "etcd's own session went wrong:\n{}",
+        logs[0]
+    );
+    assert_eq!(
+        logs[1],
+        logs[0],
+        "concord differs from etcd 3.5.16:\n{}",
+        line_diff(&logs[0], &logs[1])
+    );
+}
