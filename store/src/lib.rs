@@ -14,6 +14,7 @@ pub mod concurrency;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod fault;
 pub mod hash;
 pub mod ids;
 pub mod lease;

@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::fault::PeerFaults;
 use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::peer_server::{Peer, PeerServer};
 use crate::proto::concordpb::{MembersRequest, MembersResponse, RaftEnvelope, StreamAck};
@@ -70,6 +71,8 @@ pub struct Transport {
     /// TLS for `https` peer URLs.
     tls: Option<Tls>,
     rt: tokio::runtime::Handle,
+    /// Test-only network cuts ([`crate::fault`]).
+    faults: Option<PeerFaults>,
 }
 
 /// A remote member's peer URLs and the queue of its link task.
@@ -111,6 +114,7 @@ impl Transport {
             calls: Mutex::new(HashMap::new()),
             tls,
             rt,
+            faults: PeerFaults::from_env(),
         })
     }
 
@@ -154,6 +158,15 @@ impl Transport {
     /// A client for unary peer calls to member `id` (on its peer URLs), connecting on first use
     /// and reusing the channel after that (tonic reconnects it when it breaks).
     pub async fn client(&self, id: u64) -> Result<PeerClient<Channel>> {
+        if let Some(f) = &self.faults
+            && let Ok(peers) = self.peers.lock()
+            && peers.get(&id).is_some_and(|(urls, _)| f.is_cut(urls))
+        {
+            return Err(Error::Raft(format!(
+                "member {id:x} is cut off ({})",
+                crate::fault::ENV
+            )));
+        }
         let cached = self.calls.lock().ok().and_then(|c| c.get(&id).cloned());
         let channel = match cached {
             Some(ch) => ch,
@@ -196,6 +209,9 @@ impl Transport {
         for m in msgs {
             let to = m.to;
             match peers.get(&to) {
+                Some((urls, _)) if self.faults.as_ref().is_some_and(|f| f.is_cut(urls)) => {
+                    self.shared.report_unreachable(to);
+                }
                 Some((_, q)) => {
                     if q.try_send(m).is_err() {
                         self.shared.report_unreachable(to);

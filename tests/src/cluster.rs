@@ -3,6 +3,7 @@
 //! `--initial-cluster-state=new`, `--initial-cluster-token`).
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +20,9 @@ pub struct Cluster {
     pub members: Vec<Server>,
     /// `--initial-cluster-token` (unique per cluster, so clusters of concurrent tests never mix).
     pub token: String,
+    /// With [`Cluster::start_partitionable`]: the directory of the members' peer fault files
+    /// (`CONCORD_PEER_FAULTS`, concord only).
+    faults: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -29,6 +33,58 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every member.
     pub fn start_with(kind: ServerKind, size: usize, extra_args: &[&str]) -> Result<Cluster> {
+        Cluster::launch(kind, size, extra_args, None)
+    }
+
+    /// A concord cluster whose network can be cut with [`Cluster::partition`]: every member
+    /// reads its peer fault file (see `concord_store::fault`).
+    pub fn start_partitionable(size: usize) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("concord-test-faults-")
+            .tempdir()?;
+        Cluster::launch(ServerKind::Concord, size, &[], Some(dir))
+    }
+
+    fn fault_file(dir: &Path, member: usize) -> PathBuf {
+        dir.join(format!("m{member}"))
+    }
+
+    /// Cuts the network between the groups of members: each member stops talking to every
+    /// member outside its group. Members in no group keep talking to everyone.
+    pub fn partition(&self, groups: &[&[usize]]) -> Result<()> {
+        let dir = self
+            .faults
+            .as_ref()
+            .context("not started with Cluster::start_partitionable")?;
+        for (g, group) in groups.iter().enumerate() {
+            let others: Vec<String> = groups
+                .iter()
+                .enumerate()
+                .filter(|(o, _)| *o != g)
+                .flat_map(|(_, other)| other.iter().map(|&m| self.members[m].peer_url()))
+                .collect();
+            for &m in *group {
+                std::fs::write(Cluster::fault_file(dir.path(), m), others.join("\n"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Cluster::partition`].
+    pub fn heal(&self) -> Result<()> {
+        let dir = self.faults.as_ref().context("not partitionable")?;
+        for m in 0..self.members.len() {
+            std::fs::write(Cluster::fault_file(dir.path(), m), "")?;
+        }
+        Ok(())
+    }
+
+    fn launch(
+        kind: ServerKind,
+        size: usize,
+        extra_args: &[&str],
+        faults: Option<tempfile::TempDir>,
+    ) -> Result<Cluster> {
         let ips = (0..size)
             .map(|_| LoopbackIp::claim())
             .collect::<Result<Vec<_>>>()?;
@@ -41,7 +97,14 @@ impl Cluster {
         let token = format!("concord-test-{:016x}", crate::random_u64());
         let mut members = Vec::with_capacity(size);
         for (i, ip) in ips.into_iter().enumerate() {
-            let server = Server::builder(kind)
+            let mut builder = Server::builder(kind);
+            if let Some(dir) = &faults {
+                builder = builder.env(
+                    concord_store::fault::ENV,
+                    Cluster::fault_file(dir.path(), i),
+                );
+            }
+            let server = builder
                 .name(format!("m{i}"))
                 .ip(ip)
                 .initial_cluster(initial_cluster.clone())
@@ -58,7 +121,11 @@ impl Cluster {
             m.wait_ready()
                 .with_context(|| format!("member {name} did not become healthy"))?;
         }
-        Ok(Cluster { members, token })
+        Ok(Cluster {
+            members,
+            token,
+            faults,
+        })
     }
 
     /// Client endpoints of every member, in member order.
