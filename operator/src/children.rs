@@ -178,12 +178,15 @@ fn ports() -> Vec<ServicePort> {
             name: Some("client".into()),
             port: CLIENT_PORT.into(),
             target_port: Some(IntOrString::Int(CLIENT_PORT.into())),
+            // Server-side apply on 1.20 needs the list key spelled out.
+            protocol: Some("TCP".into()),
             ..Default::default()
         },
         ServicePort {
             name: Some("peer".into()),
             port: PEER_PORT.into(),
             target_port: Some(IntOrString::Int(PEER_PORT.into())),
+            protocol: Some("TCP".into()),
             ..Default::default()
         },
     ]
@@ -397,11 +400,13 @@ pub fn statefulset(cluster: &EtcdCluster, replicas: u32) -> StatefulSet {
             ContainerPort {
                 name: Some("client".into()),
                 container_port: CLIENT_PORT.into(),
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
             ContainerPort {
                 name: Some("peer".into()),
                 container_port: PEER_PORT.into(),
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
         ]),

@@ -757,7 +757,12 @@ impl EtcdCluster {
                 "MembersUnhealthy",
                 format!("unhealthy: {}", unhealthy.join(", ")),
             ),
-            _ => set("Degraded", false, "AsExpected", String::new()),
+            _ => set(
+                "Degraded",
+                false,
+                "AsExpected",
+                "every member is healthy".into(),
+            ),
         }
         if !pdb_served {
             set(
@@ -834,7 +839,7 @@ fn describe(step: &Step, names: &Names) -> String {
         Step::Wipe { ordinal, .. } => format!("wiping {}", names.pod(*ordinal)),
         Step::DeletePvc { ordinal } => format!("deleting claim {}", names.pvc(*ordinal)),
         Step::Wait { message, .. } | Step::Blocked { message, .. } => message.clone(),
-        Step::Converged => String::new(),
+        Step::Converged => "converged".into(),
     }
 }
 

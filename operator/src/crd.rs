@@ -258,7 +258,8 @@ pub struct Condition {
     pub status: String,
     /// CamelCase reason.
     pub reason: String,
-    /// Human-readable detail.
+    /// Human-readable detail (omitted when empty: a 1.20 apiserver turns `""` into `null`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// RFC 3339 time of the last status change.
     pub last_transition_time: String,
@@ -273,7 +274,8 @@ pub struct Condition {
 pub struct MemberStatus {
     /// Member ID (hex, as etcdctl prints it).
     pub id: String,
-    /// Member name (the pod name); empty for a learner that has not started yet.
+    /// Member name (the pod name); omitted for a learner that has not started yet.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// First peer URL.
     #[serde(rename = "peerURL")]
