@@ -338,7 +338,14 @@ impl EtcdCluster {
                     .await?;
                 let ep = target(None).ok_or(members::MemberError::NoneReachable)?;
                 let url = names.peer_url(*ordinal, peer_tls);
-                let id = ctx.members.add_learner(&ep, &url).await?;
+                let id = match ctx.members.add_learner(&ep, &url).await {
+                    Ok(id) => id,
+                    Err(e) if members::is_unhealthy_cluster(&e) => {
+                        tracing::info!(cluster = %names.cluster, "etcd refuses changes for now: {e}");
+                        return Ok(Action::requeue(REQUEUE_WAIT));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 (
                     "MemberAdded",
                     format!("added learner {id:x} for {} ({url})", names.pod(*ordinal)),
@@ -384,6 +391,10 @@ impl EtcdCluster {
                 match ctx.members.remove(&ep, *id).await {
                     Ok(()) => {}
                     Err(e) if members::is_member_not_found(&e) => {}
+                    Err(e) if members::is_unhealthy_cluster(&e) => {
+                        tracing::info!(cluster = %names.cluster, "etcd refuses changes for now: {e}");
+                        return Ok(Action::requeue(REQUEUE_WAIT));
+                    }
                     Err(e) => return Err(e.into()),
                 }
                 if *repair {

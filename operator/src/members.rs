@@ -248,3 +248,11 @@ pub fn is_not_learner(e: &MemberError) -> bool {
         .is_some_and(|m| m.contains("can only promote a learner member"))
         && !is_not_ready_to_promote(e)
 }
+
+/// etcd refuses membership changes while it cannot prove the cluster healthy (the first seconds
+/// after a start, or a member down that the change would make critical): nothing was changed,
+/// retry later.
+pub fn is_unhealthy_cluster(e: &MemberError) -> bool {
+    e.message()
+        .is_some_and(|m| m.contains("etcdserver: unhealthy cluster"))
+}
