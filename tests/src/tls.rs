@@ -48,20 +48,22 @@ impl ClientTls {
             a.push(format!("--key={}", c.key.display()));
         }
         if self.insecure {
+            // etcdctl only builds a TLS config (where the skip applies) for a secure transport.
+            a.push("--insecure-transport=false".to_owned());
             a.push("--insecure-skip-tls-verify".to_owned());
         }
         a
     }
 
-    /// curl's flags for these settings.
+    /// curl's flags for these settings (curl takes no `--flag=value` form).
     pub fn curl_args(&self) -> Vec<String> {
         let mut a = Vec::new();
         if let Some(ca) = &self.cacert {
-            a.push(format!("--cacert={}", ca.display()));
+            a.extend(["--cacert".to_owned(), ca.display().to_string()]);
         }
         if let Some(c) = &self.cert {
-            a.push(format!("--cert={}", c.cert.display()));
-            a.push(format!("--key={}", c.key.display()));
+            a.extend(["--cert".to_owned(), c.cert.display().to_string()]);
+            a.extend(["--key".to_owned(), c.key.display().to_string()]);
         }
         if self.insecure {
             a.push("--insecure".to_owned());
