@@ -944,3 +944,363 @@ pub async fn run(
         })
         .await;
 }
+
+/// Reconcile branches against a mock API server (tower-test): the exact requests, in order, and
+/// the bodies that matter. Members are dialled at a closed loopback port, so they never answer.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{EtcdClusterSpec, MemberStatus};
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn context() -> (Context, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let pdb = ApiResource {
+            group: "policy".into(),
+            version: "v1beta1".into(),
+            api_version: "policy/v1beta1".into(),
+            kind: "PodDisruptionBudget".into(),
+            plural: "poddisruptionbudgets".into(),
+        };
+        let mut ctx = Context::new(client, Arc::new(Metrics::default()), Some(pdb), None);
+        ctx.endpoint = Arc::new(|_: &Names, _: u32| "http://127.0.0.1:1".to_owned());
+        (ctx, handle)
+    }
+
+    fn cluster(spec: &str, status: Option<EtcdClusterStatus>) -> EtcdCluster {
+        let mut c = EtcdCluster::new("c", serde_json::from_str::<EtcdClusterSpec>(spec).unwrap());
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("0000-1111".into());
+        c.metadata.generation = Some(4);
+        c.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        c.status = status;
+        c
+    }
+
+    /// Answers the next request, which must be `method` on `path` (query ignored); returns the
+    /// full URI and the JSON body.
+    async fn expect(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+        code: u16,
+        reply: Value,
+    ) -> (String, Value) {
+        let (req, send) = handle.next_request().await.expect("a request");
+        let uri = req.uri().to_string();
+        assert_eq!(req.method().as_str(), method, "{uri}");
+        assert_eq!(req.uri().path(), path, "{method} {uri}");
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let reply = if reply == Value::Null {
+            body.clone()
+        } else {
+            reply
+        };
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        (uri, body)
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+    fn empty_list(kind: &str) -> Value {
+        json!({"kind": kind, "apiVersion": "v1", "metadata": {}, "items": []})
+    }
+
+    async fn expect_services(handle: &mut Handle) {
+        for name in ["c", "c-client"] {
+            let (uri, body) = expect(
+                handle,
+                "PATCH",
+                &format!("/api/v1/namespaces/ns/services/{name}"),
+                200,
+                Value::Null,
+            )
+            .await;
+            assert!(uri.contains("fieldManager=concord-operator"), "{uri}");
+            assert!(uri.contains("force=true"), "{uri}");
+            assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "c");
+        }
+    }
+
+    #[tokio::test]
+    async fn new_cluster_records_then_bootstraps() {
+        let (ctx, mut handle) = context();
+        let c = cluster("{}", None);
+        let api = tokio::spawn(async move {
+            expect_services(&mut handle).await;
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/c",
+                404,
+                not_found(),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                200,
+                empty_list("PodList"),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/persistentvolumeclaims",
+                200,
+                empty_list("PersistentVolumeClaimList"),
+            )
+            .await;
+            let (_, pdb) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+            assert_eq!(pdb["spec"]["minAvailable"], 1);
+            // The intent is in status before anything is created.
+            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
+            let st = &st["status"];
+            assert_eq!(st["pendingOperation"]["action"], "Bootstrap");
+            assert_eq!(st["observedGeneration"], 4);
+            let cond = |t: &str| {
+                st["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["type"] == t)
+                    .unwrap()
+                    .clone()
+            };
+            assert_eq!(cond("Progressing")["reason"], "Bootstrap");
+            assert_eq!(cond("Available")["reason"], "Bootstrapping");
+            let (_, cm) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/ns/configmaps/c-members",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(cm["data"]["ETCD_INITIAL_CLUSTER_STATE"], "new");
+            assert_eq!(
+                cm["data"]["ETCD_INITIAL_CLUSTER"],
+                "c-0=http://c-0.c.ns.svc:2380"
+            );
+            let (_, sts) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/apps/v1/namespaces/ns/statefulsets/c",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(sts["spec"]["replicas"], 1);
+            let (_, ev) = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                201,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(ev["reason"], "Bootstrapping");
+            assert_eq!(ev["type"], "Normal");
+        });
+        let action = c.reconcile(&ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(REQUEUE_BUSY));
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleted_statefulset_is_recreated_at_membership_size() {
+        let (ctx, mut handle) = context();
+        let members = (0..3)
+            .map(|k| MemberStatus {
+                id: format!("{:x}", 0x100 + k),
+                name: format!("c-{k}"),
+                peer_url: format!("http://c-{k}.c.ns.svc:2380"),
+                learner: false,
+                healthy: true,
+                leader: k == 0,
+            })
+            .collect();
+        let status = EtcdClusterStatus {
+            cluster_id: Some("abc".into()),
+            members,
+            voting_members: 3,
+            ..Default::default()
+        };
+        let c = cluster(
+            r#"{"replicas": 3, "storage": {"emptyDir": true}}"#,
+            Some(status),
+        );
+        let api = tokio::spawn(async move {
+            expect_services(&mut handle).await;
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/c",
+                404,
+                not_found(),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                200,
+                empty_list("PodList"),
+            )
+            .await;
+            // emptyDir: no claims listed. Members do not answer: no ConfigMap change here.
+            let (_, pdb) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(
+                pdb["spec"]["minAvailable"], 2,
+                "quorum of the last known 3 voters"
+            );
+            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
+            let st = &st["status"];
+            assert_eq!(st["pendingOperation"]["action"], "SetReplicas");
+            assert_eq!(st["pendingOperation"]["replicas"], 3);
+            assert_eq!(st["readyMembers"], 0);
+            assert_eq!(st["leader"], Value::Null);
+            let (_, cm) = expect(
+                &mut handle,
+                "PATCH",
+                "/api/v1/namespaces/ns/configmaps/c-members",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(cm["data"]["ETCD_INITIAL_CLUSTER_STATE"], "existing");
+            let (_, sts) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/apps/v1/namespaces/ns/statefulsets/c",
+                200,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(sts["spec"]["replicas"], 3);
+            let (_, ev) = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                201,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(ev["reason"], "Scaled");
+        });
+        c.reconcile(&ctx).await.unwrap();
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unsupported_spec_is_a_condition_and_a_warning_not_a_change() {
+        let (ctx, mut handle) = context();
+        let c = cluster(
+            r#"{"tls": {"clientSecretName": "s"}, "storage": {"emptyDir": true}}"#,
+            None,
+        );
+        let api = tokio::spawn(async move {
+            expect_services(&mut handle).await;
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/ns/statefulsets/c",
+                404,
+                not_found(),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/pods",
+                200,
+                empty_list("PodList"),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "PATCH",
+                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
+                200,
+                Value::Null,
+            )
+            .await;
+            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
+            let st = &st["status"];
+            assert_eq!(st["pendingOperation"], Value::Null);
+            let degraded = st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Degraded")
+                .unwrap()
+                .clone();
+            assert_eq!(degraded["status"], "True");
+            assert_eq!(degraded["reason"], "ClientTlsUnsupported");
+            let (_, ev) = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                201,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(ev["type"], "Warning");
+            assert_eq!(ev["reason"], "ClientTlsUnsupported");
+            // Nothing else: no StatefulSet, no ConfigMap.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+                    .await
+                    .is_err()
+            );
+        });
+        let action = c.reconcile(&ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(REQUEUE_BLOCKED));
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_finalizer_is_added_first() {
+        let (ctx, mut handle) = context();
+        let mut c = cluster("{}", None);
+        c.metadata.finalizers = None;
+        let api = tokio::spawn(async move {
+            let (_, patch) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
+            assert!(patch.to_string().contains(FINALIZER), "{patch}");
+        });
+        reconcile(Arc::new(c), Arc::new(ctx)).await.unwrap();
+        api.await.unwrap();
+    }
+}
