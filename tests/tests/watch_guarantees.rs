@@ -250,3 +250,61 @@ fn thousand_watchers_on_one_prefix() {
 fn slow_watcher_does_not_stall_writers() {
     on_both(watcher_that_never_reads_does_not_stall_writers);
 }
+
+/// Fragment flags and event counts of the responses carrying one revision's events (through
+/// the generated gRPC client: the `etcd-client` crate hides the fragment flag).
+fn fragmented_delete(kind: ServerKind) -> Result<Vec<(bool, usize)>> {
+    use concord_store::proto::etcdserverpb::watch_client::WatchClient;
+    use concord_store::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
+
+    let server = Server::start(kind)?;
+    runtime().block_on(async {
+        let mut c = client(&server).await?;
+        let value = "v".repeat(300 << 10);
+        for i in 0..8 {
+            c.put(format!("f/{i}"), value.as_str(), None).await?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: b"f/".to_vec(),
+                    range_end: b"f0".to_vec(),
+                    prev_kv: true,
+                    fragment: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await?;
+        let mut s = WatchClient::new(concord_tests::ledger::channel(&server.endpoint())?)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let created = s.message().await?.context("watch closed")?;
+        ensure!(created.created, "{created:?}");
+        // One revision, eight deletes carrying 300 KiB previous values: 2.4 MiB, over etcd's
+        // limit of --max-request-bytes (1.5 MiB) plus 512 KiB of gRPC overhead.
+        c.delete("f/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await?;
+        let mut parts = Vec::new();
+        let mut events = 0;
+        while events < 8 {
+            let r = tokio::time::timeout(Duration::from_secs(5), s.message())
+                .await??
+                .context("watch closed")?;
+            events += r.events.len();
+            parts.push((r.fragment, r.events.len()));
+        }
+        drop(tx);
+        Ok(parts)
+    })
+}
+
+#[test]
+fn fragmented_watch_response_matches_etcd() {
+    let concord = fragmented_delete(ServerKind::Concord).expect("concord");
+    let etcd = fragmented_delete(ServerKind::Etcd35).expect("etcd 3.5");
+    assert!(etcd.len() > 1, "etcd did not fragment: {etcd:?}");
+    assert_eq!(concord, etcd, "fragments (flag, events) of concord vs etcd");
+}

@@ -32,7 +32,7 @@ use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::EtcdServer;
 
 /// gRPC's framing overhead that etcd allows on top of `--max-request-bytes`.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The full router of a client listener.
 pub fn router(server: Arc<EtcdServer>) -> axum::Router {

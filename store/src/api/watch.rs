@@ -214,9 +214,10 @@ impl WatchStream {
         Ok(current)
     }
 
-    /// etcd's `sendFragments`: split a response over `--max-request-bytes` when allowed.
+    /// etcd's `sendFragments`: split a response over `--max-request-bytes` plus the gRPC
+    /// overhead allowance (etcd's limit for a watch stream) when the watcher asked for it.
     async fn send_fragments(&self, r: WatchResponse, fragment: bool) -> Result<(), Gone> {
-        let limit = self.server.config().max_request_bytes;
+        let limit = self.server.config().max_request_bytes + super::GRPC_OVERHEAD_BYTES;
         if !fragment || r.events.len() < 2 || r.encoded_len() < limit {
             return self.send(r).await;
         }
