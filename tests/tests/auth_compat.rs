@@ -1457,3 +1457,114 @@ fn gateway_auth_routes_match_etcd35() {
         line_diff(&expected, &actual)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `--client-cert-auth`: with auth enabled, a request without a token is made by the user named
+// by its client certificate's common name.
+
+#[test]
+fn etcdctl_auth_by_client_cert_common_name_matches_etcd35() {
+    use concord_tests::tls::TestPki;
+    let pki = TestPki::new().expect("a test PKI");
+    let as_cn = |cn: &str, args: &[&str]| -> Step {
+        let tls = pki.client(cn).expect("a client certificate");
+        let mut s = c(args);
+        let mut all = tls.etcdctl_args();
+        all.append(&mut s.args);
+        s.args = all;
+        s
+    };
+    let steps = vec![
+        as_cn(
+            "root",
+            &["user", "add", "root", "--new-user-password=rootpw"],
+        ),
+        as_cn(
+            "root",
+            &["user", "add", "alice", "--new-user-password=alicepw"],
+        ),
+        as_cn("root", &["role", "add", "r"]),
+        as_cn("root", &["role", "grant-permission", "r", "readwrite", "a"]),
+        as_cn("root", &["user", "grant-role", "alice", "r"]),
+        as_cn("root", &["auth", "enable"]),
+        as_cn("root", &["put", "a", "1"]),
+        as_cn("root", &["put", "z", "1"]),
+        as_cn("root", &["user", "list"]),
+        as_cn("alice", &["get", "a"]),
+        as_cn("alice", &["put", "a", "2"]),
+        as_cn("alice", &["get", "z"]),
+        as_cn("alice", &["put", "z", "2"]),
+        as_cn("alice", &["user", "list"]),
+        as_cn("alice", &["defrag"]),
+        as_cn("bob", &["get", "a"]),
+        // A token wins over the certificate.
+        {
+            let mut s = as_cn("root", &["put", "z", "3"]);
+            s.args.insert(0, "--user=alice:alicepw".into());
+            s
+        },
+        as_cn("root", &["role", "revoke-permission", "r", "a"]),
+        as_cn("alice", &["get", "a"]),
+        as_cn("root", &["auth", "disable"]),
+        as_cn("bob", &["get", "a"]),
+    ];
+    let mut servers = Vec::new();
+    for kind in [ServerKind::Etcd35, ServerKind::Concord] {
+        // One file per server: etcd rereads its certificate at every handshake.
+        let ip = concord_tests::LoopbackIp::claim().expect("a loopback address");
+        let cert = pki
+            .server_cert(&format!("server-{kind:?}"), &[ip.ip()])
+            .expect("a server cert");
+        let server = Server::builder(kind)
+            .ip(ip)
+            .https(pki.client("root").expect("a probe certificate"))
+            .arg(format!("--cert-file={}", cert.cert.display()))
+            .arg(format!("--key-file={}", cert.key.display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+            .arg("--client-cert-auth")
+            .arg("--bcrypt-cost=4")
+            .no_wait()
+            .start()
+            .unwrap_or_else(|e| panic!("starting {kind:?} with client TLS: {e:#}"));
+        // Ready when etcdctl, with a client certificate, finds it healthy. (The harness's own
+        // probe passes `--cacert=<file>`, which curl does not take.)
+        let probe = pki.client("root").expect("a probe certificate");
+        let mut args = probe.etcdctl_args();
+        args.push("endpoint".into());
+        args.push("health".into());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Etcdctl::V35.run(&server.endpoint(), &args, None);
+            if out.as_ref().is_ok_and(|o| o.success()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind:?} with client TLS not healthy: {:?}",
+                out.map(|o| o.stderr_text())
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        servers.push(server);
+    }
+    let norms: Vec<Normalizer> = servers.iter().map(normalizer).collect();
+    let mut report = String::new();
+    for (n, step) in steps.iter().enumerate() {
+        let expected = outcome(&servers[0], &norms[0], step);
+        let actual = outcome(&servers[1], &norms[1], step);
+        println!(
+            "=== step {n}: etcdctl {} -> {}\n{}{}",
+            step.args.join(" "),
+            expected.exit,
+            expected.stdout,
+            expected.stderr
+        );
+        if expected != actual {
+            report.push_str(&describe(n, step, &expected, &actual));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "steps differ between etcd 3.5.16 (expected) and concord (actual):{report}"
+    );
+}
