@@ -503,6 +503,15 @@ impl Kubectl {
     /// Default timeout of one run: generous, but a hung apiserver fails the test.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+    /// kubectl `binary` with `kubeconfig` (for clusters this crate did not start, e.g. kind).
+    pub fn new(binary: impl Into<PathBuf>, kubeconfig: impl Into<PathBuf>) -> Kubectl {
+        Kubectl {
+            binary: binary.into(),
+            kubeconfig: kubeconfig.into(),
+            timeout: Kubectl::DEFAULT_TIMEOUT,
+        }
+    }
+
     /// The same kubectl with another timeout per run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

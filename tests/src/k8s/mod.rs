@@ -23,6 +23,7 @@
 
 mod certs;
 mod control_plane;
+pub mod e2e;
 pub mod expand;
 pub mod hosts;
 mod node;
