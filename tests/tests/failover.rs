@@ -8,7 +8,9 @@
 //! - a lease granted and kept alive through followers (forwarded to the leader) outlives its
 //!   TTL while kept alive; once keep-alives stop and the leader is killed, its keys are deleted
 //!   no earlier than TTL after the last keep-alive, all in one revision, exactly once (the old
-//!   leader restarted adds no second delete).
+//!   leader restarted adds no second delete);
+//! - a watch opened with `hasleader` (require leader) on a member left alone ends with
+//!   Unavailable "etcdserver: no leader" once it has had no leader for three election timeouts.
 //!
 //! Every wait is on a condition with a generous deadline; the only time assertion is the
 //! "never early" bound. Test names contain `cluster`, so nextest runs them one at a time.
@@ -306,4 +308,47 @@ fn lease_expiry_after_leader_kill9(kind: ServerKind) -> Result<()> {
 #[test]
 fn cluster3_lease_expiry_after_leader_kill9_concord_and_etcd35() {
     on_both(lease_expiry_after_leader_kill9);
+}
+
+fn require_leader_watch_ends_without_leader(kind: ServerKind) -> Result<()> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    let eps = cluster.endpoints();
+    runtime().block_on(async {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_require_leader(true);
+        let mut c = Client::connect([eps[0].as_str()], Some(opts)).await?;
+        let mut watch = c
+            .watch("/failover/rl/", Some(WatchOptions::new().with_prefix()))
+            .await?;
+        let rev = put_acked(&mut c, "/failover/rl/a", "v").await?;
+        let seen = events_until(&mut watch, rev).await?;
+        ensure!(seen.len() == 1, "{seen:?}");
+        // Member 0 alone: no leader. Its require-leader watch ends with etcd's error.
+        cluster.members[1].kill9()?;
+        cluster.members[2].kill9()?;
+        let end = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match watch.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .context("the require-leader watch outlived the leader by 30 s")?;
+        match end {
+            Err(etcd_client::Error::GRpcStatus(s)) => ensure!(
+                s.code() == tonic::Code::Unavailable && s.message() == "etcdserver: no leader",
+                "watch ended with {s:?}"
+            ),
+            other => anyhow::bail!("watch ended with {other:?}, not 'etcdserver: no leader'"),
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn cluster3_require_leader_watch_ends_when_leader_lost_concord_and_etcd35() {
+    on_both(require_leader_watch_ends_without_leader);
 }
