@@ -677,7 +677,19 @@ impl EtcdCluster {
         let started = now_rfc3339();
         match step {
             Step::Converged => st.pending_operation = None,
-            s if s.action().is_some() => st.pending_operation = s.operation(&started),
+            s if s.action().is_some() => {
+                // The same step again (etcd refused it for now): keep its record as it is, so
+                // the status does not change and does not trigger another reconcile at once.
+                let mut op = s.operation(&started);
+                if let (Some(new), Some(prev)) = (op.as_mut(), old.pending_operation.as_ref()) {
+                    let mut same = new.clone();
+                    same.started_at = prev.started_at.clone();
+                    if &same == prev {
+                        *new = same;
+                    }
+                }
+                st.pending_operation = op;
+            }
             _ => {}
         }
 
@@ -1289,6 +1301,29 @@ mod tests {
         let action = c.reconcile(&ctx).await.unwrap();
         assert_eq!(action, Action::requeue(REQUEUE_BLOCKED));
         api.await.unwrap();
+    }
+
+    #[test]
+    fn a_refused_step_planned_again_leaves_status_unchanged() {
+        let c = cluster("{}", None);
+        let seen = Seen::default();
+        let step = Step::AddLearner { ordinal: 2 };
+        let first = c.status_for(&EtcdClusterStatus::default(), &seen, &step, true);
+        let op = first.pending_operation.clone().unwrap();
+        assert_eq!(op.action, crate::crd::Action::AddLearner);
+        let mut older = first.clone();
+        older.pending_operation.as_mut().unwrap().started_at = "2020-01-01T00:00:00Z".into();
+        for c in &mut older.conditions {
+            c.last_transition_time = "2020-01-01T00:00:00Z".into();
+        }
+        // Same step: nothing changes, so no status patch and no self-triggered reconcile.
+        assert_eq!(c.status_for(&older, &seen, &step, true), older);
+        // A different step gets a fresh record.
+        let other = c.status_for(&older, &seen, &Step::AddLearner { ordinal: 3 }, true);
+        assert_ne!(
+            other.pending_operation.unwrap().started_at,
+            "2020-01-01T00:00:00Z"
+        );
     }
 
     #[tokio::test]
