@@ -96,6 +96,14 @@ fn script() -> Vec<Step> {
             "k",
             "--from-key",
         ]),
+        c(&[
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "lk/",
+            "--prefix",
+        ]),
         c(&["role", "grant-permission", "writer", "write", "a", "c"]),
         c(&[
             "role",
@@ -187,6 +195,10 @@ fn script() -> Vec<Step> {
             &["txn"],
             "value(\"foo\") = \"bar\"\n\nput dir/t 1\n\nget other\n\n",
         ),
+        // Lock goes through KV with the caller's credentials
+        as_user(ALICE, &["lock", "lk", "echo", "held"]),
+        as_user(ALICE, &["lock", "other", "echo", "held"]),
+        as_user(ROOT, &["lock", "other", "echo", "held"]),
         // bob may write [a, c) and read-write tx/
         as_user(BOB, &["put", "b", "1"]),
         as_user(BOB, &["get", "b"]),
