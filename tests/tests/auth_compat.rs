@@ -1580,3 +1580,89 @@ fn etcdctl_auth_by_client_cert_common_name_matches_etcd35() {
         "steps differ between etcd 3.5.16 (expected) and concord (actual):{report}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A deliberate difference: etcd 3.5.16 does not check the ops of a nested txn (later etcd
+// releases do); concord checks every op at every depth.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_txn_ops_are_permission_checked() {
+    use concord_store::proto::authpb::{Permission, permission::Type};
+    use concord_store::proto::etcdserverpb::{
+        AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op,
+    };
+    let server = start(ServerKind::Concord);
+    let mut s = grpc::Session::new(&server.endpoint());
+    let a = s.auth();
+    a.clone()
+        .user_add(AuthUserAddRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user add");
+    a.clone()
+        .role_add(AuthRoleAddRequest { name: "r".into() })
+        .await
+        .expect("role add");
+    a.clone()
+        .role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: "r".into(),
+            perm: Some(Permission {
+                perm_type: Type::Readwrite as i32,
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+            }),
+        })
+        .await
+        .expect("grant permission");
+    a.clone()
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "alice".into(),
+            role: "r".into(),
+        })
+        .await
+        .expect("grant role");
+    enable_with_root(&mut s).await;
+    let alice = s.token("alice", "alicepw").await;
+    let op = |r: request_op::Request| RequestOp { request: Some(r) };
+    let nested = |inner: RequestOp| TxnRequest {
+        compare: vec![],
+        success: vec![op(request_op::Request::RequestTxn(TxnRequest {
+            compare: vec![],
+            success: vec![inner],
+            failure: vec![],
+        }))],
+        failure: vec![],
+    };
+    let put = |k: &str| {
+        op(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))
+    };
+    let get = |k: &str| {
+        op(request_op::Request::RequestRange(RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        }))
+    };
+    for (what, txn, allowed) in [
+        ("nested put b", nested(put("b")), true),
+        ("nested put z", nested(put("z")), false),
+        ("nested get z", nested(get("z")), false),
+    ] {
+        let r = s.kv().txn(grpc::req(txn, Some(&alice))).await;
+        match r {
+            Ok(_) => assert!(allowed, "{what}: allowed, but alice may not"),
+            Err(st) => {
+                assert!(!allowed, "{what}: refused: {st:?}");
+                assert_eq!(st.code(), tonic::Code::PermissionDenied, "{what}");
+                assert_eq!(st.message(), "etcdserver: permission denied", "{what}");
+            }
+        }
+    }
+}
