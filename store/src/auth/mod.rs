@@ -587,3 +587,146 @@ impl EtcdServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_cancel_reasons_are_etcds_status_texts() {
+        let cases = [
+            (
+                Error::PermissionDenied,
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+            ),
+            (
+                Error::UserEmpty,
+                "rpc error: code = InvalidArgument desc = etcdserver: user name is empty",
+            ),
+            (
+                Error::AuthOldRevision,
+                "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old",
+            ),
+            (
+                Error::InvalidAuthToken,
+                "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
+            ),
+            // Anything else reads as permission denied, as etcd's default branch.
+            (
+                Error::UserNotFound,
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(watch_cancel_reason(&e), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn maintenance_auth_errors_are_unconverted() {
+        let s = unconverted_status(Error::PermissionDenied);
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Unknown, "auth: permission denied")
+        );
+        let s = unconverted_status(Error::UserNotFound);
+        assert_eq!(s.message(), "auth: user not found");
+        // Errors that are not the auth store's keep their own status.
+        let s = unconverted_status(Error::NoLeader);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+    }
+
+    fn state_with(users: &[(&str, &[&str])], role_perms: &[(&str, &str)]) -> AuthState {
+        use crate::proto::authpb::{Permission, permission::Type};
+        let users: HashMap<String, User> = users
+            .iter()
+            .map(|(n, roles)| {
+                (
+                    n.to_string(),
+                    User {
+                        name: n.as_bytes().to_vec(),
+                        roles: roles.iter().map(|r| r.to_string()).collect(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let roles: HashMap<String, Role> = role_perms
+            .iter()
+            .map(|(r, key)| {
+                (
+                    r.to_string(),
+                    Role {
+                        name: r.as_bytes().to_vec(),
+                        key_permission: vec![Permission {
+                            perm_type: Type::Readwrite as i32,
+                            key: key.as_bytes().to_vec(),
+                            range_end: vec![],
+                        }],
+                    },
+                )
+            })
+            .collect();
+        let perms = users
+            .iter()
+            .map(|(n, u)| {
+                let p = UserPerms::of(u, |r| roles.get(r).cloned());
+                (n.clone(), (apply::has_root_role(u), p))
+            })
+            .collect();
+        AuthState {
+            enabled: true,
+            revision: 5,
+            data: Arc::new(AuthData {
+                users,
+                roles,
+                perms,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn op_and_admin_checks_follow_etcd() {
+        let st = state_with(&[("root", &["root"]), ("alice", &["r"])], &[("r", "a")]);
+        let who = |n: &str, rev: u64| AuthInfo {
+            username: n.into(),
+            revision: rev,
+        };
+        let alice = who("alice", 5);
+        assert!(st.check_op(Some(&alice), Access::Write, b"a", b"").is_ok());
+        assert!(matches!(
+            st.check_op(Some(&alice), Access::Read, b"b", b""),
+            Err(Error::PermissionDenied)
+        ));
+        assert!(matches!(
+            st.check_op(Some(&who("alice", 4)), Access::Read, b"a", b""),
+            Err(Error::AuthOldRevision)
+        ));
+        assert!(matches!(
+            st.check_op(None, Access::Read, b"a", b""),
+            Err(Error::UserEmpty)
+        ));
+        assert!(matches!(
+            st.check_op(Some(&who("ghost", 5)), Access::Read, b"a", b""),
+            Err(Error::PermissionDenied)
+        ));
+        assert!(
+            st.check_op(Some(&who("root", 5)), Access::Write, b"\0", b"\0")
+                .is_ok()
+        );
+        assert!(st.check_admin(Some(&who("root", 1))).is_ok());
+        assert!(matches!(
+            st.check_admin(Some(&alice)),
+            Err(Error::PermissionDenied)
+        ));
+        assert!(matches!(
+            st.check_admin(Some(&who("ghost", 5))),
+            Err(Error::UserNotFound)
+        ));
+        assert!(matches!(st.check_admin(None), Err(Error::UserEmpty)));
+        let off = AuthState::default();
+        assert!(off.check_op(None, Access::Write, b"x", b"").is_ok());
+        assert!(off.check_admin(None).is_ok());
+    }
+}
