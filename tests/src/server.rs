@@ -343,6 +343,26 @@ impl Server {
         &self.args
     }
 
+    /// Sets flag `flag` (e.g. `--initial-cluster`) to `value` for the next (re)start, replacing
+    /// it in either the `--flag value` or the `--flag=value` form, or adding it.
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let eq = format!("{flag}=");
+        let mut i = 0;
+        while i < self.args.len() {
+            let arg = self.args[i].to_string_lossy().into_owned();
+            if arg == flag && i + 1 < self.args.len() {
+                self.args[i + 1] = value.into();
+                return;
+            }
+            if arg.starts_with(&eq) {
+                self.args[i] = format!("{eq}{value}").into();
+                return;
+            }
+            i += 1;
+        }
+        self.args.push(format!("{eq}{value}").into());
+    }
+
     /// File receiving the child's stdout (appended to across restarts).
     pub fn stdout_path(&self) -> &Path {
         &self.stdout_path

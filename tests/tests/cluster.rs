@@ -10,7 +10,9 @@
 //! the same normalised etcdctl output: `move-leader` (to a follower, from a follower's endpoint,
 //! to an unknown id, to the leader itself, and the RPC on a follower), `member update` (etcd's
 //! refusals, then a follower moved to a new peer URL receiving writes only through it), and a
-//! removed member restarted on its old data dir being refused by the others and stopping.
+//! removed member restarted on its old data dir being refused by the others and stopping, and
+//! a follower whose data dir is wiped being removed, re-added under the same name and catching
+//! up (concord replays the whole raft log to it: it does not compact its log yet).
 //!
 //! Every wait is on a condition with a generous deadline; nothing asserts on timing. Every test
 //! name contains `cluster`, so nextest runs them one at a time (`.config/nextest.toml`).
@@ -1123,4 +1125,96 @@ fn cluster3_removed_member_restart_is_refused_and_stops_concord() -> Result<()> 
 #[test]
 fn cluster3_removed_member_restart_is_refused_and_stops_etcd35() -> Result<()> {
     removed_member_restart(ServerKind::Etcd35)
+}
+
+/// A member whose data dir is lost: removed, re-added under the same name and peer URL, and
+/// restarted empty with `--initial-cluster-state=existing`; it catches up with every write.
+fn wiped_member_rejoins(kind: ServerKind) -> Result<()> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    let eps = cluster.endpoints();
+    let rt = runtime()?;
+    rt.block_on(async {
+        for i in 0..50 {
+            put(&eps[i % 3], &format!("/wipe/{i:02}"), "before").await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // A follower loses its data (removing a dead leader would race the election).
+    let leader = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
+    let v = (leader + 1) % 3;
+    let name = format!("m{v}");
+    let ep = eps[leader].clone();
+    let (_, list, _) = ctl(&ep, &["member", "list"])?;
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!(", {name}, ")))
+        .and_then(|l| l.split(", ").next())
+        .context("victim in member list")?
+        .to_owned();
+
+    let victim = &mut cluster.members[v];
+    victim.kill9()?;
+    std::fs::remove_dir_all(victim.data_dir())?;
+    let peer = victim.peer_url();
+    let (ok, out, err) = ctl_reconfig(&ep, &["member", "remove", &id])?;
+    ensure!(ok, "member remove: {out} {err}");
+    rt.block_on(async { put(&ep, "/wipe/while-gone", "v").await })?;
+    let (ok, out, err) = ctl_reconfig(
+        &ep,
+        &["member", "add", &name, &format!("--peer-urls={peer}")],
+    )?;
+    ensure!(ok, "member add: {out} {err}");
+    let initial_cluster = env_line(&out, "ETCD_INITIAL_CLUSTER")?;
+
+    let victim = &mut cluster.members[v];
+    victim.set_flag("--initial-cluster", &initial_cluster);
+    victim.set_flag("--initial-cluster-state", "existing");
+    victim.restart()?;
+    let ep2 = victim.endpoint();
+    rt.block_on(async {
+        wait_for(
+            "the re-added member to serve every key",
+            Duration::from_secs(60),
+            || {
+                let ep2 = ep2.clone();
+                async move {
+                    let n = KvClient::new(channel(&ep2)?)
+                        .range(RangeRequest {
+                            key: b"/wipe/".to_vec(),
+                            range_end: concord_tests::ledger::prefix_end(b"/wipe/"),
+                            count_only: true,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .count;
+                    Ok((n == 51).then_some(()))
+                }
+            },
+        )
+        .await?;
+        // A voter again: writes through it commit.
+        put(&ep2, "/wipe/after", "v").await?;
+        ensure!(
+            get(&ep, "/wipe/after", false).await?.as_deref() == Some(&b"v"[..]),
+            "a write through the re-added member is not visible on the leader"
+        );
+        Ok(())
+    })?;
+    let (_, list, _) = ctl(&ep, &["member", "list"])?;
+    ensure!(
+        list.lines().filter(|l| l.contains(", started, ")).count() == 3 && !list.contains(&id),
+        "member list after the rejoin: {list}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cluster3_wiped_member_removed_readded_and_caught_up_concord() -> Result<()> {
+    wiped_member_rejoins(ServerKind::Concord)
+}
+
+#[test]
+fn cluster3_wiped_member_removed_readded_and_caught_up_etcd35() -> Result<()> {
+    wiped_member_rejoins(ServerKind::Etcd35)
 }
