@@ -30,5 +30,6 @@ step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace "$@"
 else
-    cargo test --workspace "$@"
+    # Without nextest's serial group, one test at a time keeps clusters from starving each other.
+    cargo test --workspace "$@" -- --test-threads=1
 fi
