@@ -227,8 +227,17 @@ impl EtcdCluster {
 
         // The ConfigMap follows membership whenever members answer (etcd reads it only when
         // its data dir is empty, i.e. when a member joins).
+        // A learner being added (recorded, perhaps refused by etcd for now) stays listed, or
+        // this write and the step's own would flip the ConfigMap back and forth.
         if let Some(ms) = &seen.members {
-            let ordinals: BTreeSet<u32> = ms.iter().filter_map(|m| m.ordinal).collect();
+            let mut ordinals: BTreeSet<u32> = ms.iter().filter_map(|m| m.ordinal).collect();
+            if let Some(op) = &status.pending_operation
+                && op.action == crate::crd::Action::AddLearner
+                && let Some(k) = op.ordinal.and_then(|k| u32::try_from(k).ok())
+                && k < self.spec.replicas.max(0) as u32
+            {
+                ordinals.insert(k);
+            }
             self.apply_configmap(ctx, &ordinals.into_iter().collect::<Vec<_>>(), false)
                 .await?;
         }
