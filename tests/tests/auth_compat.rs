@@ -284,7 +284,10 @@ struct Outcome {
 }
 
 fn outcome(server: &Server, norm: &Normalizer, step: &Step) -> Outcome {
-    let ctl = Etcdctl::V35;
+    outcome_with(Etcdctl::V35, server, norm, step)
+}
+
+fn outcome_with(ctl: Etcdctl, server: &Server, norm: &Normalizer, step: &Step) -> Outcome {
     let stdin = step.stdin.as_ref().map(|s| s.as_bytes());
     let out = match step.mode {
         Mode::Run => ctl.run(&server.endpoint(), &step.args, stdin),
@@ -342,6 +345,15 @@ fn start(kind: ServerKind) -> Server {
 
 #[test]
 fn etcdctl_auth_session_matches_etcd35() {
+    auth_session(Etcdctl::V35);
+}
+
+#[test]
+fn etcdctl34_auth_session_matches_etcd35() {
+    auth_session(Etcdctl::V34);
+}
+
+fn auth_session(ctl: Etcdctl) {
     let reference = start(ServerKind::Etcd35);
     let mut concord = start(ServerKind::Concord);
     let (ref_norm, concord_norm) = (normalizer(&reference), normalizer(&concord));
@@ -349,8 +361,8 @@ fn etcdctl_auth_session_matches_etcd35() {
     let mut report = String::new();
     let mut differing = 0;
     for (n, step) in steps.iter().enumerate() {
-        let expected = outcome(&reference, &ref_norm, step);
-        let actual = outcome(&concord, &concord_norm, step);
+        let expected = outcome_with(ctl, &reference, &ref_norm, step);
+        let actual = outcome_with(ctl, &concord, &concord_norm, step);
         println!(
             "=== step {n}: etcdctl {} -> {}\n{}{}",
             step.args.join(" "),
