@@ -3,6 +3,7 @@
 //! `--initial-cluster-state=new`, `--initial-cluster-token`).
 
 use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use concord_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_store::proto::etcdserverpb::{StatusRequest, StatusResponse};
 
 use crate::ledger::channel;
-use crate::server::{LoopbackIp, PEER_PORT, Server, ServerKind};
+use crate::server::{LoopbackIp, PEER_PORT, Server, ServerBuilder, ServerKind};
 
 /// A running cluster. Members are named `m0`, `m1`, ... in start order; dropping the cluster
 /// kills every member.
@@ -33,7 +34,19 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every member.
     pub fn start_with(kind: ServerKind, size: usize, extra_args: &[&str]) -> Result<Cluster> {
-        Cluster::launch(kind, size, extra_args, None)
+        Cluster::start_configured(kind, size, false, |_, _, b| Ok(b.args(extra_args)))
+    }
+
+    /// Like [`Cluster::start`], with `https` peer URLs when `peer_https`, and each member's
+    /// builder passed through `configure(member index, its address, builder)` (e.g. for
+    /// per-member certificates).
+    pub fn start_configured(
+        kind: ServerKind,
+        size: usize,
+        peer_https: bool,
+        configure: impl Fn(usize, Ipv4Addr, ServerBuilder) -> Result<ServerBuilder>,
+    ) -> Result<Cluster> {
+        Cluster::launch(kind, size, peer_https, None, configure)
     }
 
     /// A concord cluster whose network can be cut with [`Cluster::partition`]: every member
@@ -42,7 +55,7 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("concord-test-faults-")
             .tempdir()?;
-        Cluster::launch(ServerKind::Concord, size, &[], Some(dir))
+        Cluster::launch(ServerKind::Concord, size, false, Some(dir), |_, _, b| Ok(b))
     }
 
     fn fault_file(dir: &Path, member: usize) -> PathBuf {
@@ -82,16 +95,18 @@ impl Cluster {
     fn launch(
         kind: ServerKind,
         size: usize,
-        extra_args: &[&str],
+        peer_https: bool,
         faults: Option<tempfile::TempDir>,
+        configure: impl Fn(usize, Ipv4Addr, ServerBuilder) -> Result<ServerBuilder>,
     ) -> Result<Cluster> {
         let ips = (0..size)
             .map(|_| LoopbackIp::claim())
             .collect::<Result<Vec<_>>>()?;
+        let scheme = if peer_https { "https" } else { "http" };
         let initial_cluster = ips
             .iter()
             .enumerate()
-            .map(|(i, ip)| format!("m{i}=http://{}:{PEER_PORT}", ip.ip()))
+            .map(|(i, ip)| format!("m{i}={scheme}://{}:{PEER_PORT}", ip.ip()))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("concord-test-{:016x}", crate::random_u64());
@@ -104,14 +119,18 @@ impl Cluster {
                     Cluster::fault_file(dir.path(), i),
                 );
             }
-            let server = builder
+            if peer_https {
+                builder = builder.peer_https();
+            }
+            let addr = ip.ip();
+            let builder = builder
                 .name(format!("m{i}"))
                 .ip(ip)
                 .initial_cluster(initial_cluster.clone())
                 .arg("--initial-cluster-state=new")
                 .arg(format!("--initial-cluster-token={token}"))
-                .args(extra_args)
-                .no_wait()
+                .no_wait();
+            let server = configure(i, addr, builder)?
                 .start()
                 .with_context(|| format!("starting member m{i}"))?;
             members.push(server);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use concord_tests::server::LoopbackIp;
 use concord_tests::tls::{ClientTls, TestPki};
-use concord_tests::{Etcdctl, Server, ServerKind};
+use concord_tests::{Cluster, Etcdctl, Server, ServerKind};
 
 fn on_both(test: fn(ServerKind) -> Result<()>) {
     for kind in [ServerKind::Concord, ServerKind::Etcd35] {
@@ -142,38 +142,14 @@ fn tls_auto_tls_like_etcd() {
 
 fn peer_tls(kind: ServerKind) -> Result<()> {
     let pki = TestPki::new()?;
-    let ips = (0..3)
-        .map(|_| LoopbackIp::claim())
-        .collect::<Result<Vec<_>>>()?;
-    let initial_cluster = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| format!("m{i}=https://{}:2380", ip.ip()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let token = format!("tls-{}", concord_tests::random_u64());
-    let mut members = Vec::new();
-    for (i, ip) in ips.into_iter().enumerate() {
-        let cert = pki.server_cert(&format!("m{i}"), &[ip.ip()])?;
-        members.push(
-            Server::builder(kind)
-                .name(format!("m{i}"))
-                .ip(ip)
-                .peer_https()
-                .initial_cluster(initial_cluster.clone())
-                .arg("--initial-cluster-state=new")
-                .arg(format!("--initial-cluster-token={token}"))
-                .arg(format!("--peer-cert-file={}", cert.cert.display()))
-                .arg(format!("--peer-key-file={}", cert.key.display()))
-                .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
-                .arg("--peer-client-cert-auth")
-                .no_wait()
-                .start()?,
-        );
-    }
-    for m in &mut members {
-        m.wait_ready()?;
-    }
+    let cluster = Cluster::start_configured(kind, 3, true, |i, ip, b| {
+        let cert = pki.server_cert(&format!("m{i}"), &[ip])?;
+        Ok(b.arg(format!("--peer-cert-file={}", cert.cert.display()))
+            .arg(format!("--peer-key-file={}", cert.key.display()))
+            .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
+            .arg("--peer-client-cert-auth"))
+    })?;
+    let members = &cluster.members;
     let plain = ClientTls::default();
     let (ok, out) = ctl(&members[0].endpoint(), &plain, &["put", "k", "over-tls"])?;
     ensure!(ok && out == "OK\n", "put: {ok} {out:?}");
