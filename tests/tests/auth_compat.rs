@@ -981,6 +981,23 @@ mod grpc {
         s.note("root changes alice's password", r, |_| String::new());
         let r = kv.clone().range(req(range("b", ""), alice)).await;
         s.note("alice get b with her old token", r, |r| keys(&r.kvs));
+        // A pre-hashed password (base64 of a bcrypt hash: OpenBSD's test vector for "U*U").
+        let r = a
+            .clone()
+            .user_change_password(req(
+                concord_store::proto::etcdserverpb::AuthUserChangePasswordRequest {
+                    name: "alice".into(),
+                    hashed_password:
+                        "JDJhJDA1JENDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQy5FNVlQTzlrbXl1Ukd5aDBYb3VRWWI0WU1KS3Z5T2VX"
+                            .into(),
+                    ..Default::default()
+                },
+                root,
+            ))
+            .await;
+        s.note("root sets alice's password hash", r, |_| String::new());
+        let _ = s.token("alice", "newpw").await;
+        let _ = s.token("alice", "U*U").await;
         let r = a
             .clone()
             .auth_disable(req(AuthDisableRequest {}, root))

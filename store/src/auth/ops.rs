@@ -147,6 +147,12 @@ impl EtcdServer {
             req.hashed_password = self
                 .hash_password(std::mem::take(&mut req.password))
                 .await?;
+        } else if !req.hashed_password.is_empty() {
+            // etcd's `selectPassword`: a client's pre-hashed password arrives base64-encoded.
+            // etcd fails with Go's base64 error on bad input; concord calls it bad management.
+            req.hashed_password = base64_std_decode(&req.hashed_password)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(Error::InvalidAuthMgmt)?;
         }
         let a = self
             .propose_auth(Request::AuthUserChangePassword(req))
@@ -283,5 +289,62 @@ impl EtcdServer {
             header: self.local_header(),
             roles: st.role_names(),
         })
+    }
+}
+
+/// Standard base64 with padding (Go's `base64.StdEncoding`); `None` on bad input.
+fn base64_std_decode(s: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&got[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_std_decode;
+
+    #[test]
+    fn base64_as_gos_std_encoding() {
+        assert_eq!(base64_std_decode("").as_deref(), Some(&b""[..]));
+        assert_eq!(base64_std_decode("Zm9v").as_deref(), Some(&b"foo"[..]));
+        assert_eq!(base64_std_decode("Zm9vYg==").as_deref(), Some(&b"foob"[..]));
+        assert_eq!(
+            base64_std_decode("Zm9vYmE=").as_deref(),
+            Some(&b"fooba"[..])
+        );
+        assert_eq!(
+            base64_std_decode("JDJhJDA0JA==").as_deref(),
+            Some(&b"$2a$04$"[..])
+        );
+        assert_eq!(base64_std_decode("Zm9"), None);
+        assert_eq!(base64_std_decode("Zm=v"), None);
+        assert_eq!(base64_std_decode("Zm9v!A=="), None);
     }
 }
