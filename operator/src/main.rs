@@ -11,7 +11,7 @@
 //!
 //! | flag | default | meaning |
 //! |---|---|---|
-//! | `--kubeconfig PATH` [`KUBECONFIG`] | in-cluster, then `~/.kube/config` | kubeconfig to use (its current context) |
+//! | `--kubeconfig PATH` | `KUBECONFIG` (kube's rules), in-cluster, `~/.kube/config` | kubeconfig to use (its current context) |
 //! | `--namespace NS` [`CONCORD_OPERATOR_NAMESPACE`] | all namespaces | watch only this namespace |
 //! | `--metrics-addr ADDR` [`CONCORD_OPERATOR_METRICS_ADDR`] | `0.0.0.0:8080` | `/metrics` and `/healthz`; port 0 picks one (logged) |
 //! | `--leader-election` [`CONCORD_OPERATOR_LEADER_ELECTION`] | off | hold a `coordination.k8s.io/v1` Lease before reconciling |
@@ -44,8 +44,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
     about = "Runs EtcdCluster resources"
 )]
 struct Args {
-    /// Kubeconfig file (default: in-cluster config, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig file (default: `KUBECONFIG`, which may list several files, else the in-cluster
+    /// config, else ~/.kube/config).
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "CONCORD_OPERATOR_NAMESPACE")]
