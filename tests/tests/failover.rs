@@ -231,7 +231,7 @@ fn lease_expiry_after_leader_kill9(kind: ServerKind) -> Result<()> {
         )?;
         ensure!(
             out.success()
-                && out.stdout_text() == format!("lease {lease:x} keepalived with TTL({TTL})\n"),
+                && out.stdout_text() == format!("lease {lease:016x} keepalived with TTL({TTL})\n"),
             "etcdctl lease keep-alive --once on a follower: {} {}",
             out.stdout_text(),
             out.stderr_text()
