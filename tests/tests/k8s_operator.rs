@@ -3,16 +3,13 @@
 //! processes, reached by their pod DNS names (`concord_tests::k8s::e2e`). With
 //! `CONCORD_E2E_KUBECONFIG` set the same tests run against a real cluster (kind).
 //!
-//! Status at the time of writing: every scenario here is `#[ignore]`d, because the operator does
-//! not yet reach Available on kube-apiserver 1.20.2. Found with these tests: (1) a status merge
-//! patch whose list items carry an empty string (`conditions[].message: ""`, `members[].name: ""`)
-//! is rejected 422 "must be of type string: null"; (2) server-side apply of a Service whose ports
-//! omit `protocol` fails 500 "associative list with keys has an element that omits key field
-//! protocol". Un-ignore the concord scenarios once the operator handles both.
+//! These scenarios found two kube-apiserver 1.20.2 incompatibilities in the operator, both
+//! fixed: a status merge patch whose list items carry an empty string is rejected 422 "must be
+//! of type string: null", and server-side apply of Service ports without `protocol` fails 500.
 //!
 //! Every wait is on a condition (EtcdCluster status, pods, member lists), never a fixed sleep.
-//! Every test name contains `serial`. The concord scenarios that CI runs are not ignored; the
-//! longer ones and the etcd 3.5 image runs are `#[ignore]`d and run by `tests/k8s/run-e2e.sh`.
+//! Every test name contains `serial`. CI runs the concord image's scenarios; the etcd 3.5 image
+//! runs are `#[ignore]`d and run by `tests/k8s/run-e2e.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,7 +208,6 @@ fn create_available(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_create_available_serial() -> Result<()> {
     create_available(CONCORD_IMAGE)
 }
@@ -302,7 +298,6 @@ fn scale_up_down(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_scale_3_5_3_1_serial() -> Result<()> {
     scale_up_down(CONCORD_IMAGE)
 }
@@ -378,7 +373,6 @@ fn delete_member_pod(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_member_pod_deleted_rejoins_serial() -> Result<()> {
     delete_member_pod(CONCORD_IMAGE)
 }
@@ -453,7 +447,6 @@ fn wiped_data_dir(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_wiped_member_repaired_serial() -> Result<()> {
     wiped_data_dir(CONCORD_IMAGE)
 }
@@ -512,7 +505,6 @@ fn operator_killed_mid_scale_up(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_killed_mid_scale_up_serial() -> Result<()> {
     operator_killed_mid_scale_up(CONCORD_IMAGE)
 }
@@ -596,7 +588,6 @@ fn delete_cluster_per_policy(image: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "the operator does not reach Available on kube-apiserver 1.20 yet (see the module docs); tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_delete_cluster_per_policy_serial() -> Result<()> {
     delete_cluster_per_policy(CONCORD_IMAGE)
 }
