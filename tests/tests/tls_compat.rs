@@ -5,8 +5,9 @@
 //!   a client certificate works; without a client certificate, with one from an unrelated CA, or
 //!   without trusting the server's CA, it fails; plain HTTP to the TLS port fails;
 //! - `--auto-tls`: a self-signed server that etcdctl reaches with `--insecure-skip-tls-verify`;
-//! - a 3-member cluster over `https` peer URLs with `--peer-client-cert-auth`: writes on one
-//!   member are read on another, and `endpoint status --cluster` lists every member.
+//! - 3-member clusters over `https` peer URLs, with CA-signed certificates and
+//!   `--peer-client-cert-auth`, and with `--peer-auto-tls`: writes on one member are read on
+//!   another, and `member list` shows every member's `https` peer URL.
 
 use std::time::Duration;
 
@@ -149,6 +150,16 @@ fn peer_tls(kind: ServerKind) -> Result<()> {
             .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
             .arg("--peer-client-cert-auth"))
     })?;
+    serves_over_tls_peers(&cluster)
+}
+
+fn peer_auto_tls(kind: ServerKind) -> Result<()> {
+    let cluster = Cluster::start_configured(kind, 3, true, |_, _, b| Ok(b.arg("--peer-auto-tls")))?;
+    serves_over_tls_peers(&cluster)
+}
+
+/// A write on one member is read on another, and every member lists `https` peer URLs.
+fn serves_over_tls_peers(cluster: &Cluster) -> Result<()> {
     let members = &cluster.members;
     let plain = ClientTls::default();
     let (ok, out) = ctl(&members[0].endpoint(), &plain, &["put", "k", "over-tls"])?;
@@ -177,4 +188,9 @@ fn peer_tls(kind: ServerKind) -> Result<()> {
 #[test]
 fn cluster3_peer_tls_with_client_cert_auth_like_etcd() {
     on_both(peer_tls);
+}
+
+#[test]
+fn cluster3_peer_auto_tls_like_etcd() {
+    on_both(peer_auto_tls);
 }
