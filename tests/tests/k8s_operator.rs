@@ -7,6 +7,9 @@
 //! fixed: a status merge patch whose list items carry an empty string is rejected 422 "must be
 //! of type string: null", and server-side apply of Service ports without `protocol` fails 500.
 //!
+//! The `chart_rbac` scenarios install the Helm chart's rendered manifests (helm-python-sdk) and
+//! run the operator with its ServiceAccount's token, so the chart's RBAC is what is tested.
+//!
 //! Every wait is on a condition (EtcdCluster status, pods, member lists), never a fixed sleep.
 //! Every test name contains `serial`. CI runs the concord image's scenarios; the etcd 3.5 image
 //! runs are `#[ignore]`d and run by `tests/k8s/run-e2e.sh`.
@@ -33,6 +36,76 @@ fn cluster_manifest(name: &str, image: &str, replicas: u32, extra: &str) -> Stri
         "apiVersion: concord.dev/v1alpha1\nkind: EtcdCluster\nmetadata: {{name: {name}}}\n\
          spec:\n  replicas: {replicas}\n  image: {image}\n{extra}"
     )
+}
+
+/// How a scenario starts the operator.
+type Launch = fn(&mut E2e) -> Result<()>;
+
+/// Installs the Helm chart as a user would, rendered by helm-python-sdk
+/// (`operator/tests/helm_render.py`), except its Deployment (there is no kubelet here for the
+/// operator's own pod): the operator then runs as a local process with the token of the chart's
+/// ServiceAccount, so it has exactly the permissions the chart's RBAC grants. On a real cluster
+/// the workflow installed the chart itself, and this starts nothing more.
+fn start_operator_from_chart(e2e: &mut E2e) -> Result<()> {
+    let Some(cp) = e2e.control_plane() else {
+        return e2e.start_operator();
+    };
+    let cache = std::env::var_os("CONCORD_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/concord-test".into());
+    let python = cache.join("py/bin/python");
+    let root = concord_tests::k8s::e2e::repo_root();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("operator/tests/helm_render.py"))
+        .arg(root.join("charts/concord-operator"))
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (scripts/install-test-deps.sh installs it)",
+                python.display()
+            )
+        })?;
+    ensure!(
+        out.status.success(),
+        "helm_render.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered: Value = serde_json::from_slice(&out.stdout)?;
+    let templates = rendered["renders"]["defaults"]
+        .as_object()
+        .context("no default render")?;
+    let kubectl = e2e.kubectl();
+    kubectl.ok(["create", "namespace", "concord-system"])?;
+    let mut applied = 0;
+    for (name, manifest) in templates {
+        let manifest = manifest.as_str().unwrap_or_default();
+        if name.ends_with("deployment.yaml") || manifest.trim().is_empty() {
+            continue;
+        }
+        kubectl.apply(manifest)?;
+        applied += 1;
+    }
+    ensure!(
+        applied > 0,
+        "the chart rendered nothing to apply: {templates:?}"
+    );
+    let accounts = kubectl.ok([
+        "get",
+        "serviceaccounts",
+        "-n",
+        "concord-system",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    let account = accounts
+        .split_whitespace()
+        .find(|a| *a != "default")
+        .context("the chart made no ServiceAccount")?
+        .to_owned();
+    let kubeconfig =
+        cp.service_account_kubeconfig("concord-system", &account, Duration::from_secs(60))?;
+    e2e.set_operator_kubeconfig(kubeconfig);
+    e2e.start_operator()
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -181,10 +254,10 @@ impl Writer {
 
 // --- scenarios ----------------------------------------------------------------------------------
 
-fn create_available(image: &str) -> Result<()> {
+fn create_available(image: &str, operator: Launch) -> Result<()> {
     let rt = runtime()?;
     let mut e2e = E2e::start("create")?;
-    e2e.start_operator()?;
+    operator(&mut e2e)?;
     let start = Instant::now();
     e2e.apply(&cluster_manifest("demo", image, 3, ""))?;
     let status = e2e.wait_available("demo", 3, CONVERGE)?;
@@ -209,13 +282,13 @@ fn create_available(image: &str) -> Result<()> {
 
 #[test]
 fn k8s_operator_create_available_serial() -> Result<()> {
-    create_available(CONCORD_IMAGE)
+    create_available(CONCORD_IMAGE, E2e::start_operator)
 }
 
 #[test]
 #[ignore = "etcd 3.5 image; tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_etcd35_create_available_serial() -> Result<()> {
-    create_available(ETCD_IMAGE)
+    create_available(ETCD_IMAGE, E2e::start_operator)
 }
 
 fn scale_up_down(image: &str) -> Result<()> {
@@ -515,9 +588,9 @@ fn k8s_operator_etcd35_killed_mid_scale_up_serial() -> Result<()> {
     operator_killed_mid_scale_up(ETCD_IMAGE)
 }
 
-fn delete_cluster_per_policy(image: &str) -> Result<()> {
+fn delete_cluster_per_policy(image: &str, operator: Launch) -> Result<()> {
     let mut e2e = E2e::start("delete")?;
-    e2e.start_operator()?;
+    operator(&mut e2e)?;
     e2e.apply(&cluster_manifest(
         "keep",
         image,
@@ -589,11 +662,21 @@ fn delete_cluster_per_policy(image: &str) -> Result<()> {
 
 #[test]
 fn k8s_operator_delete_cluster_per_policy_serial() -> Result<()> {
-    delete_cluster_per_policy(CONCORD_IMAGE)
+    delete_cluster_per_policy(CONCORD_IMAGE, E2e::start_operator)
 }
 
 #[test]
 #[ignore = "etcd 3.5 image; tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_etcd35_delete_cluster_per_policy_serial() -> Result<()> {
-    delete_cluster_per_policy(ETCD_IMAGE)
+    delete_cluster_per_policy(ETCD_IMAGE, E2e::start_operator)
+}
+
+#[test]
+fn k8s_operator_chart_rbac_create_available_serial() -> Result<()> {
+    create_available(CONCORD_IMAGE, start_operator_from_chart)
+}
+
+#[test]
+fn k8s_operator_chart_rbac_delete_cluster_per_policy_serial() -> Result<()> {
+    delete_cluster_per_policy(CONCORD_IMAGE, start_operator_from_chart)
 }
