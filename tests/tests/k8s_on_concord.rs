@@ -15,8 +15,9 @@
 //!   `continue` token 410 Expired.
 //!
 //! The same tests run against etcd 3.5.16, which validates the tests themselves: the objects and
-//! paging one in CI, the others `#[ignore]`d and run by `tests/k8s/run-e2e.sh`. Every wait is on a condition with a generous deadline. Every
-//! test name contains `serial`, so nextest runs them one at a time.
+//! paging one in CI, the others `#[ignore]`d and run by `tests/k8s/run-e2e.sh`. Every wait is on
+//! a condition with a generous deadline. Every test name contains `serial`, so nextest runs them
+//! one at a time.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
