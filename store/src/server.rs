@@ -4,7 +4,9 @@
 //!
 //! It owns the member's identity (member and cluster ids) and the response header. It never
 //! touches redb tables directly except through `mvcc::ReadView` (and `membership` for the
-//! member list). It sets up the peer transport for the raft loop but never talks to peers itself.
+//! member list). It sets up the peer transport for the raft loop, and calls peers itself only to
+//! ask the leader what only the leader knows: lease keep-alives and time-to-live (the leader's
+//! lessor, [`crate::transport::LeaderLeases`]) and learner promotion (whether it caught up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
