@@ -4,9 +4,10 @@
 //!
 //! It owns the member's identity (member and cluster ids) and the response header. It never
 //! touches redb tables directly except through `mvcc::ReadView` (and `membership` for the
-//! member list). It sets up the peer transport for the raft loop, and calls peers itself only to
-//! ask the leader what only the leader knows: lease keep-alives and time-to-live (the leader's
-//! lessor, [`crate::transport::LeaderLeases`]) and learner promotion (whether it caught up).
+//! member list). It sets up the peer transport for the raft loop, and calls the leader itself
+//! only for what only the leader knows: lease keep-alives and time-to-live (the leader's lessor,
+//! over the peer service, [`crate::transport::LeaderLeases`]) and learner promotion (whether the
+//! learner caught up, over the leader's client URL).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
