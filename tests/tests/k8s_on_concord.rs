@@ -475,6 +475,11 @@ fn compaction(kind: ServerKind) -> Result<()> {
         .as_str()
         .context("continue token")?
         .to_owned();
+    // The token's list revision, the newest revision the checks below need compacted.
+    let list_rv = page["metadata"]["resourceVersion"]
+        .as_str()
+        .context("list resourceVersion")?
+        .to_owned();
     for i in 0..5 {
         kubectl.ok([
             "label",
@@ -487,13 +492,14 @@ fn compaction(kind: ServerKind) -> Result<()> {
         ])?;
     }
 
-    // The apiserver's compactor compacts the store past old_rv.
+    // The apiserver's compactor compacts the store past old_rv and the continue token's
+    // revision (it compacts in steps, one interval behind).
     let key = "/registry/configmaps/compact/c0";
     let compacted = wait_until(
-        "the apiserver to compact the store past the old revision",
+        "the apiserver to compact the store past the continue token's revision",
         Duration::from_secs(90),
         || {
-            let out = Etcdctl::V35.run(&ep, ["get", key, &format!("--rev={old_rv}")], None)?;
+            let out = Etcdctl::V35.run(&ep, ["get", key, &format!("--rev={list_rv}")], None)?;
             let err = out.stderr_text();
             Ok(err
                 .contains("required revision has been compacted")
