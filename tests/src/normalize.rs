@@ -8,6 +8,40 @@
 
 use serde_json::Value;
 
+/// What one etcdctl step produced, normalised: how it ended, stdout and stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// How `actual` differs from this outcome, etcd 3.5.16's: the exits, then line diffs of
+    /// stdout and stderr. Empty when they are equal.
+    pub fn diff(&self, actual: &Outcome) -> String {
+        let mut out = String::new();
+        if self.exit != actual.exit {
+            out.push_str(&format!(
+                "--- exit: expected {}, actual {}\n",
+                self.exit, actual.exit
+            ));
+        }
+        for (what, e, a) in [
+            ("stdout", &self.stdout, &actual.stdout),
+            ("stderr", &self.stderr, &actual.stderr),
+        ] {
+            if e != a {
+                out.push_str(&format!(
+                    "--- {what} (- expected from etcd 3.5.16, + actual):\n{}",
+                    line_diff(e, a)
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// What a blanked value is replaced with.
 pub const BLANK: &str = "<blanked>";
 

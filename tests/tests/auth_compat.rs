@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use concord_tests::normalize::Outcome;
 use concord_tests::{Etcdctl, Normalizer, Server, ServerKind, line_diff};
 
 /// How one step is run.
@@ -276,13 +277,6 @@ fn normalizer(server: &Server) -> Normalizer {
         .blank(&["cluster_id", "member_id", "ts", "target"])
 }
 
-#[derive(PartialEq, Eq)]
-struct Outcome {
-    exit: String,
-    stdout: String,
-    stderr: String,
-}
-
 fn outcome(server: &Server, norm: &Normalizer, step: &Step) -> Outcome {
     outcome_with(Etcdctl::V35, server, norm, step)
 }
@@ -316,23 +310,7 @@ fn describe(n: usize, step: &Step, expected: &Outcome, actual: &Outcome) -> Stri
     if let Some(stdin) = &step.stdin {
         out.push_str(&format!("--- stdin:\n{stdin}\n"));
     }
-    if expected.exit != actual.exit {
-        out.push_str(&format!(
-            "--- exit: expected {}, actual {}\n",
-            expected.exit, actual.exit
-        ));
-    }
-    for (what, e, a) in [
-        ("stdout", &expected.stdout, &actual.stdout),
-        ("stderr", &expected.stderr, &actual.stderr),
-    ] {
-        if e != a {
-            out.push_str(&format!(
-                "--- {what} (- expected from etcd 3.5.16, + actual):\n{}",
-                line_diff(e, a)
-            ));
-        }
-    }
+    out.push_str(&expected.diff(actual));
     out
 }
 

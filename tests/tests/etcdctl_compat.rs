@@ -8,7 +8,8 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use concord_tests::{Etcdctl, Normalizer, Server, ServerKind, bytes_to_text, line_diff};
+use concord_tests::normalize::Outcome;
+use concord_tests::{Etcdctl, Normalizer, Server, ServerKind, bytes_to_text};
 
 /// One etcdctl invocation: its arguments (after `--endpoints=...`) and optional stdin.
 struct Step {
@@ -307,13 +308,6 @@ fn normalizer(server: &Server) -> Normalizer {
         .blank_after("took = ")
 }
 
-#[derive(PartialEq, Eq)]
-struct Outcome {
-    exit: String,
-    stdout: String,
-    stderr: String,
-}
-
 fn outcome(ctl: Etcdctl, server: &Server, norm: &Normalizer, step: &Step) -> Outcome {
     match ctl.run(&server.endpoint(), &step.args, step.stdin.as_deref()) {
         Ok(out) => Outcome {
@@ -337,23 +331,7 @@ fn describe(n: usize, step: &Step, expected: &Outcome, actual: &Outcome) -> Stri
     if let Some(stdin) = &step.stdin {
         out.push_str(&format!("--- stdin:\n{}\n", bytes_to_text(stdin)));
     }
-    if expected.exit != actual.exit {
-        out.push_str(&format!(
-            "--- exit: expected {}, actual {}\n",
-            expected.exit, actual.exit
-        ));
-    }
-    for (what, e, a) in [
-        ("stdout", &expected.stdout, &actual.stdout),
-        ("stderr", &expected.stderr, &actual.stderr),
-    ] {
-        if e != a {
-            out.push_str(&format!(
-                "--- {what} (- expected from etcd 3.5.16, + actual):\n{}",
-                line_diff(e, a)
-            ));
-        }
-    }
+    out.push_str(&expected.diff(actual));
     out
 }
 

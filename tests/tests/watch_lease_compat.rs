@@ -21,7 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use concord_tests::{Background, CtlOutput, Etcdctl, Normalizer, Server, ServerKind, line_diff};
+use concord_tests::normalize::Outcome;
+use concord_tests::{Background, CtlOutput, Etcdctl, Normalizer, Server, ServerKind};
 
 /// How long a never-ending step (a watch, `lease keep-alive`) runs before it is stopped.
 const WATCH_TIME: Duration = Duration::from_millis(1500);
@@ -584,13 +585,6 @@ fn replace_number(text: &str, from: &str, to: &str) -> String {
     out
 }
 
-#[derive(PartialEq, Eq)]
-struct Outcome {
-    exit: String,
-    stdout: String,
-    stderr: String,
-}
-
 /// Stops `bg` at `deadline` (or when it exits) and returns its output.
 fn stop_at(bg: anyhow::Result<Background>, deadline: Instant) -> anyhow::Result<CtlOutput> {
     bg?.stop_after(deadline.saturating_duration_since(Instant::now()))
@@ -624,23 +618,7 @@ impl Session {
         if let Some(stdin) = &step.stdin {
             diff.push_str(&format!("--- stdin:\n{stdin}\n"));
         }
-        if expected.exit != actual.exit {
-            diff.push_str(&format!(
-                "--- exit: expected {}, actual {}\n",
-                expected.exit, actual.exit
-            ));
-        }
-        for (what, e, a) in [
-            ("stdout", &expected.stdout, &actual.stdout),
-            ("stderr", &expected.stderr, &actual.stderr),
-        ] {
-            if e != a {
-                diff.push_str(&format!(
-                    "--- {what} (- expected from etcd 3.5.16, + actual):\n{}",
-                    line_diff(e, a)
-                ));
-            }
-        }
+        diff.push_str(&expected.diff(&actual));
         // Also now, so that a run cut short by the test timeout still shows it.
         eprint!("{diff}");
         self.report.push_str(&diff);
