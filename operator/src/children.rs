@@ -8,9 +8,15 @@
 //! `persistentVolumeClaimRetentionPolicy`, `minReadySeconds`, `internalTrafficPolicy`,
 //! `unhealthyPodEvictionPolicy`, ...).
 //!
-//! Naming, for a cluster `c` in namespace `ns`: StatefulSet `c`, headless Service `c` (so member
-//! `k` is `c-k.c.ns.svc`), client Service `c-client`, ConfigMap `c-members`, PDB `c`, claims
-//! `data-c-k`.
+//! Naming, for a cluster `c` in namespace `ns` with cluster domain `d`: StatefulSet `c`, headless
+//! Service `c` (so member `k` is `c-k.c.ns.svc.d`), client Service `c-client`, ConfigMap
+//! `c-members`, PDB `c`, claims `data-c-k`.
+//!
+//! TLS: with `spec.tls.clientSecretName` members serve clients on `https` with the Secret's
+//! `tls.crt`/`tls.key` (etcd's `--cert-file`/`--key-file`) and the probes use HTTPS; client
+//! certificates are not required (`--client-cert-auth` and `--trusted-ca-file` would make both
+//! servers refuse the kubelet's probes, which present none). With `spec.tls.peerSecretName`
+//! peers use `https` with mutual authentication (`--peer-client-cert-auth`).
 
 use std::collections::BTreeMap;
 
@@ -39,6 +45,8 @@ const DATA_MOUNT: &str = "/var/lib/etcd";
 pub const DATA_VOLUME: &str = "data";
 /// Mount point of the peer TLS secret.
 const PEER_TLS_MOUNT: &str = "/etc/etcd/peer-tls";
+/// Mount point of the client TLS secret.
+const CLIENT_TLS_MOUNT: &str = "/etc/etcd/client-tls";
 
 /// Names of a cluster's children and member addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,14 +55,24 @@ pub struct Names {
     pub cluster: String,
     /// Namespace.
     pub namespace: String,
+    /// DNS domain of the Kubernetes cluster (`spec.clusterDomain`); empty: names end in `.svc`.
+    pub domain: String,
+    /// Whether members serve clients over TLS (`https` client URLs).
+    pub client_tls: bool,
+    /// Whether members talk to each other over TLS (`https` peer URLs).
+    pub peer_tls: bool,
 }
 
 impl Names {
     /// Names for `cluster`.
     pub fn of(cluster: &EtcdCluster) -> Names {
+        let tls = cluster.spec.tls.as_ref();
         Names {
             cluster: cluster.name_any(),
             namespace: cluster.namespace().unwrap_or_else(|| "default".to_owned()),
+            domain: cluster.spec.cluster_domain.trim_matches('.').to_owned(),
+            client_tls: tls.is_some_and(|t| t.client_secret_name.is_some()),
+            peer_tls: tls.is_some_and(|t| t.peer_secret_name.is_some()),
         }
     }
     /// The StatefulSet.
@@ -94,18 +112,29 @@ impl Names {
     pub fn pod_ordinal(&self, name: &str) -> Option<u32> {
         parse_ordinal(name.strip_prefix(&format!("{}-", self.cluster))?)
     }
-    /// DNS name of member `k` through the headless Service: `<pod>.<headless>.<ns>.svc`.
-    pub fn host(&self, k: u32) -> String {
-        format!("{}.{}.{}.svc", self.pod(k), self.headless(), self.namespace)
+    /// DNS name of the pod named `pod` through the headless Service:
+    /// `<pod>.<headless>.<ns>.svc.<domain>` (`$(POD_NAME)` in member flags).
+    fn host_of(&self, pod: &str) -> String {
+        let mut h = format!("{pod}.{}.{}.svc", self.headless(), self.namespace);
+        if !self.domain.is_empty() {
+            h.push('.');
+            h.push_str(&self.domain);
+        }
+        h
     }
-    /// Peer URL of member `k`.
-    pub fn peer_url(&self, k: u32, tls: bool) -> String {
-        let scheme = if tls { "https" } else { "http" };
+    /// DNS name of member `k` through the headless Service: `<pod>.<headless>.<ns>.svc.<domain>`.
+    pub fn host(&self, k: u32) -> String {
+        self.host_of(&self.pod(k))
+    }
+    /// Peer URL of member `k` (`https` with peer TLS).
+    pub fn peer_url(&self, k: u32) -> String {
+        let scheme = if self.peer_tls { "https" } else { "http" };
         format!("{scheme}://{}:{PEER_PORT}", self.host(k))
     }
-    /// Client URL of member `k` (what the operator dials).
+    /// Client URL of member `k`, what the operator dials (`https` with client TLS).
     pub fn client_url(&self, k: u32) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.host(k))
+        let scheme = if self.client_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.host(k))
     }
     /// Ordinal of a peer URL, if its host is one of this cluster's member names (with or
     /// without a cluster domain suffix).
@@ -121,10 +150,10 @@ impl Names {
         self.pod_ordinal(&host[..idx])
     }
     /// `ETCD_INITIAL_CLUSTER` for the given ordinals.
-    pub fn initial_cluster(&self, ordinals: &[u32], tls: bool) -> String {
+    pub fn initial_cluster(&self, ordinals: &[u32]) -> String {
         ordinals
             .iter()
-            .map(|&k| format!("{}={}", self.pod(k), self.peer_url(k, tls)))
+            .map(|&k| format!("{}={}", self.pod(k), self.peer_url(k)))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -227,13 +256,12 @@ pub fn client_service(cluster: &EtcdCluster) -> Service {
 /// exists): the members to join and whether the cluster is `new` or `existing`.
 pub fn members_configmap(cluster: &EtcdCluster, ordinals: &[u32], new: bool) -> ConfigMap {
     let names = Names::of(cluster);
-    let tls = peer_tls(cluster);
     ConfigMap {
         metadata: meta(cluster, &names.configmap()),
         data: Some(BTreeMap::from([
             (
                 "ETCD_INITIAL_CLUSTER".to_owned(),
-                names.initial_cluster(ordinals, tls),
+                names.initial_cluster(ordinals),
             ),
             (
                 "ETCD_INITIAL_CLUSTER_STATE".to_owned(),
@@ -242,15 +270,6 @@ pub fn members_configmap(cluster: &EtcdCluster, ordinals: &[u32], new: bool) -> 
         ])),
         ..Default::default()
     }
-}
-
-fn peer_tls(cluster: &EtcdCluster) -> bool {
-    cluster
-        .spec
-        .tls
-        .as_ref()
-        .and_then(|t| t.peer_secret_name.as_ref())
-        .is_some()
 }
 
 /// Whether the image is upstream etcd (its binary is `etcd`; otherwise `concord`).
@@ -264,8 +283,9 @@ pub fn is_upstream_etcd(image: &str) -> bool {
 /// downward API (`$(POD_NAME)`), so the same template serves every ordinal.
 pub fn member_args(cluster: &EtcdCluster) -> Vec<String> {
     let names = Names::of(cluster);
-    let peer_scheme = if peer_tls(cluster) { "https" } else { "http" };
-    let host = format!("$(POD_NAME).{}.{}.svc", names.headless(), names.namespace);
+    let peer_scheme = if names.peer_tls { "https" } else { "http" };
+    let client_scheme = if names.client_tls { "https" } else { "http" };
+    let host = names.host_of("$(POD_NAME)");
     let uid = cluster.uid().unwrap_or_default();
     let token = format!(
         "{}-{}-{}",
@@ -276,13 +296,19 @@ pub fn member_args(cluster: &EtcdCluster) -> Vec<String> {
     let mut args = vec![
         "--name=$(POD_NAME)".to_owned(),
         format!("--data-dir={DATA_MOUNT}/data"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
+        format!("--listen-client-urls={client_scheme}://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={client_scheme}://{host}:{CLIENT_PORT}"),
         format!("--listen-peer-urls={peer_scheme}://0.0.0.0:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls={peer_scheme}://{host}:{PEER_PORT}"),
         format!("--initial-cluster-token={token}"),
     ];
-    if peer_tls(cluster) {
+    if names.client_tls {
+        args.extend([
+            format!("--cert-file={CLIENT_TLS_MOUNT}/tls.crt"),
+            format!("--key-file={CLIENT_TLS_MOUNT}/tls.key"),
+        ]);
+    }
+    if names.peer_tls {
         args.extend([
             format!("--peer-cert-file={PEER_TLS_MOUNT}/tls.crt"),
             format!("--peer-key-file={PEER_TLS_MOUNT}/tls.key"),
@@ -294,12 +320,12 @@ pub fn member_args(cluster: &EtcdCluster) -> Vec<String> {
     args
 }
 
-fn http_probe(path: &str, period: i32, failures: i32, initial_delay: i32) -> Probe {
+fn http_probe(path: &str, tls: bool, period: i32, failures: i32, initial_delay: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::Int(CLIENT_PORT.into()),
-            scheme: Some("HTTP".into()),
+            scheme: Some(if tls { "HTTPS" } else { "HTTP" }.into()),
             ..Default::default()
         }),
         initial_delay_seconds: Some(initial_delay),
@@ -334,15 +360,20 @@ pub fn statefulset(cluster: &EtcdCluster, replicas: u32) -> StatefulSet {
             ..Default::default()
         });
     }
-    if let Some(secret) = spec.tls.as_ref().and_then(|t| t.peer_secret_name.clone()) {
+    let tls = spec.tls.clone().unwrap_or_default();
+    for (volume, mount, secret) in [
+        ("client-tls", CLIENT_TLS_MOUNT, tls.client_secret_name),
+        ("peer-tls", PEER_TLS_MOUNT, tls.peer_secret_name),
+    ] {
+        let Some(secret) = secret else { continue };
         volume_mounts.push(VolumeMount {
-            name: "peer-tls".into(),
-            mount_path: PEER_TLS_MOUNT.into(),
+            name: volume.into(),
+            mount_path: mount.into(),
             read_only: Some(true),
             ..Default::default()
         });
         volumes.push(Volume {
-            name: "peer-tls".into(),
+            name: volume.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret),
                 ..Default::default()
@@ -410,8 +441,8 @@ pub fn statefulset(cluster: &EtcdCluster, replicas: u32) -> StatefulSet {
                 ..Default::default()
             },
         ]),
-        readiness_probe: Some(http_probe("/readyz", 5, 3, 1)),
-        liveness_probe: Some(http_probe("/livez", 10, 6, 15)),
+        readiness_probe: Some(http_probe("/readyz", names.client_tls, 5, 3, 1)),
+        liveness_probe: Some(http_probe("/livez", names.client_tls, 10, 6, 15)),
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
@@ -478,9 +509,9 @@ mod tests {
 
     #[test]
     fn names_and_ordinals() {
-        let n = Names::of(&cluster("{}"));
+        let n = Names::of(&cluster(r#"{"clusterDomain": ""}"#));
         assert_eq!(n.host(2), "c-2.c.ns.svc");
-        assert_eq!(n.peer_url(0, false), "http://c-0.c.ns.svc:2380");
+        assert_eq!(n.peer_url(0), "http://c-0.c.ns.svc:2380");
         assert_eq!(n.peer_url_ordinal("http://c-3.c.ns.svc:2380"), Some(3));
         assert_eq!(
             n.peer_url_ordinal("https://c-3.c.ns.svc.cluster.local:2380"),
@@ -493,8 +524,85 @@ mod tests {
         assert_eq!(n.pvc_ordinal("data-c-12"), Some(12));
         assert_eq!(n.pvc_ordinal("data-cc-1"), None);
         assert_eq!(
-            n.initial_cluster(&[0, 1], false),
+            n.initial_cluster(&[0, 1]),
             "c-0=http://c-0.c.ns.svc:2380,c-1=http://c-1.c.ns.svc:2380"
+        );
+    }
+
+    #[test]
+    fn cluster_domain_ends_every_member_name() {
+        let n = Names::of(&cluster("{}"));
+        assert_eq!(n.host(2), "c-2.c.ns.svc.cluster.local");
+        assert_eq!(n.client_url(1), "http://c-1.c.ns.svc.cluster.local:2379");
+        assert_eq!(n.peer_url_ordinal(&n.peer_url(4)), Some(4));
+        let n = Names::of(&cluster(r#"{"clusterDomain": "k8s.example."}"#));
+        assert_eq!(n.peer_url(0), "http://c-0.c.ns.svc.k8s.example:2380");
+        let args = member_args(&cluster(r#"{"clusterDomain": "k8s.example"}"#));
+        assert!(
+            args.contains(
+                &"--initial-advertise-peer-urls=http://$(POD_NAME).c.ns.svc.k8s.example:2380"
+                    .to_owned()
+            )
+        );
+        assert!(args.contains(
+            &"--advertise-client-urls=http://$(POD_NAME).c.ns.svc.k8s.example:2379".to_owned()
+        ));
+    }
+
+    #[test]
+    fn client_and_peer_tls_use_https_the_secrets_and_https_probes() {
+        let c = cluster(
+            r#"{"clusterDomain": "", "tls": {"clientSecretName": "cli", "peerSecretName": "peer"}}"#,
+        );
+        let n = Names::of(&c);
+        assert_eq!(n.client_url(0), "https://c-0.c.ns.svc:2379");
+        assert_eq!(n.peer_url(0), "https://c-0.c.ns.svc:2380");
+        let sts = serde_json::to_value(statefulset(&c, 3)).unwrap();
+        let pod = &sts["spec"]["template"]["spec"];
+        let ctr = &pod["containers"][0];
+        let args: Vec<&str> = ctr["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for want in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--advertise-client-urls=https://$(POD_NAME).c.ns.svc:2379",
+            "--cert-file=/etc/etcd/client-tls/tls.crt",
+            "--key-file=/etc/etcd/client-tls/tls.key",
+            "--listen-peer-urls=https://0.0.0.0:2380",
+            "--peer-cert-file=/etc/etcd/peer-tls/tls.crt",
+            "--peer-trusted-ca-file=/etc/etcd/peer-tls/ca.crt",
+            "--peer-client-cert-auth=true",
+        ] {
+            assert!(args.contains(&want), "{want} not in {args:?}");
+        }
+        // Probes present no client certificate, so none is required of clients.
+        assert!(!args.iter().any(|a| a.starts_with("--client-cert-auth")));
+        assert!(!args.iter().any(|a| a.starts_with("--trusted-ca-file")));
+        assert_eq!(ctr["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(ctr["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        let secrets: Vec<(&str, &str)> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap(),
+                    v["secret"]["secretName"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(secrets, [("client-tls", "cli"), ("peer-tls", "peer")]);
+        let mounts = ctr["volumeMounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["name"] == "client-tls"
+            && m["mountPath"] == "/etc/etcd/client-tls"
+            && m["readOnly"] == true));
+        let cm = members_configmap(&c, &[0, 1], false);
+        assert_eq!(
+            cm.data.unwrap()["ETCD_INITIAL_CLUSTER"],
+            "c-0=https://c-0.c.ns.svc:2380,c-1=https://c-1.c.ns.svc:2380"
         );
     }
 
@@ -513,7 +621,10 @@ mod tests {
             .map(|a| a.as_str().unwrap())
             .collect();
         assert!(args.contains(&"--name=$(POD_NAME)"));
-        assert!(args.contains(&"--initial-advertise-peer-urls=http://$(POD_NAME).c.ns.svc:2380"));
+        assert!(args.contains(
+            &"--initial-advertise-peer-urls=http://$(POD_NAME).c.ns.svc.cluster.local:2380"
+        ));
+        assert_eq!(ctr["readinessProbe"]["httpGet"]["scheme"], "HTTP");
         assert!(args.contains(&"--initial-cluster-token=ns-c-1234abcd"));
         assert_eq!(args.last(), Some(&"--quota-backend-bytes=1000000"));
         assert_eq!(
@@ -568,7 +679,10 @@ mod tests {
         assert!(cs["spec"].get("clusterIP").is_none());
         let cm = members_configmap(&c, &[0], true);
         let data = cm.data.unwrap();
-        assert_eq!(data["ETCD_INITIAL_CLUSTER"], "c-0=http://c-0.c.ns.svc:2380");
+        assert_eq!(
+            data["ETCD_INITIAL_CLUSTER"],
+            "c-0=http://c-0.c.ns.svc.cluster.local:2380"
+        );
         assert_eq!(data["ETCD_INITIAL_CLUSTER_STATE"], "new");
         let p = pdb(&c, "policy/v1beta1", 5);
         assert_eq!(p["apiVersion"], "policy/v1beta1");

@@ -10,7 +10,10 @@
 //! `pvcRetentionPolicy.whenDeleted` is `Delete`; everything else goes by garbage collection).
 //!
 //! This module must never dial a Service ClusterIP: members are reached by pod DNS names (see
-//! [`Context::endpoint`]).
+//! [`Context::endpoint`]). With `spec.tls.clientSecretName` they are dialled over `https`,
+//! verified with the Secret's `ca.crt` and presenting its `tls.crt`/`tls.key`, read afresh at
+//! every reconcile (a rotated Secret is picked up); a Secret that is missing or lacks a key
+//! blocks every step with a Degraded `ClientTlsSecretInvalid` condition.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
@@ -33,7 +36,7 @@ use serde_json::json;
 
 use crate::children::{self, MANAGER, Names};
 use crate::crd::{Condition, EtcdCluster, EtcdClusterStatus, MemberStatus, PvcPolicy};
-use crate::members::{self, MemberClient, MemberHealth};
+use crate::members::{self, MemberClient, MemberHealth, MemberTls};
 use crate::metrics::{ActionLabels, ErrorLabels, Metrics};
 use crate::planner::{self, Observation, ObservedMember, ObservedPod, Step};
 use crate::{Error, Result};
@@ -63,9 +66,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The PodDisruptionBudget API served by the cluster (`None`: skipped, with a warning).
     pub pdb: Option<ApiResource>,
-    /// etcd-side calls.
+    /// etcd-side calls to plain-text members (TLS clusters get a client with their Secret's
+    /// material at each reconcile).
     pub members: MemberClient,
-    /// Where member `k` is dialled: `http://<pod>.<headless>.<ns>.svc:2379` by default.
+    /// Where member `k` is dialled: `http(s)://<pod>.<headless>.<ns>.svc.<domain>:2379` by
+    /// default.
     pub endpoint: EndpointFn,
 }
 
@@ -89,10 +94,26 @@ impl Context {
             recorder,
             metrics,
             pdb,
-            members: MemberClient,
+            members: MemberClient::plain(),
             endpoint: Arc::new(|names: &Names, k: u32| names.client_url(k)),
         }
     }
+}
+
+/// The member TLS material of the client TLS Secret `name`: `ca.crt`, `tls.crt` and `tls.key`
+/// (all three: the members serve with the last two). `Err` says what is wrong with it.
+fn member_tls(name: &str, secret: &Secret) -> std::result::Result<MemberTls, String> {
+    let key = |k: &str| -> std::result::Result<Vec<u8>, String> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.clone())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| format!("client TLS Secret {name} has no {k}"))
+    };
+    let (ca, cert, tls_key) = (key("ca.crt")?, key("tls.crt")?, key("tls.key")?);
+    MemberTls::new(ca, Some((cert, tls_key))).map_err(|e| format!("client TLS Secret {name}: {e}"))
 }
 
 /// Picks the PodDisruptionBudget API from discovery: `policy/v1`, else `policy/v1beta1`, else
@@ -178,7 +199,12 @@ impl EtcdCluster {
                 .await?;
         }
 
-        let seen = self.observe(ctx, &status).await?;
+        // Members with client TLS are dialled with the Secret's material.
+        let (mc, tls_problem) = match self.member_client(ctx).await? {
+            Ok(mc) => (mc, None),
+            Err(problem) => (ctx.members.clone(), Some(problem)),
+        };
+        let seen = self.observe(ctx, &mc, &status).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pod_list = pods
             .list(&ListParams::default().labels(&children::selector_string(self)))
@@ -256,20 +282,12 @@ impl EtcdCluster {
             self.apply_statefulset(ctx, r.max(0) as u32).await?;
         }
 
-        let step = if self
-            .spec
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_secret_name.is_some())
-        {
-            Step::Blocked {
-                reason: "ClientTlsUnsupported",
-                message: "the operator cannot yet dial members over client TLS; \
-                          remove spec.tls.clientSecretName"
-                    .into(),
-            }
-        } else {
-            planner::plan(&obs)
+        let step = match tls_problem {
+            Some(message) => Step::Blocked {
+                reason: "ClientTlsSecretInvalid",
+                message,
+            },
+            None => planner::plan(&obs),
         };
         tracing::info!(cluster = %names.cluster, namespace = %ns, ?step, "planned");
 
@@ -286,24 +304,43 @@ impl EtcdCluster {
                 _ => REQUEUE_WAIT,
             }));
         }
-        self.perform(ctx, &step, &seen, &obs).await
+        self.perform(ctx, &mc, &step, &seen, &obs).await
+    }
+
+    /// The member client for this cluster: plain, or with the client TLS Secret's CA and
+    /// certificate. `Ok(Err(why))` when the Secret is missing or unusable.
+    async fn member_client(
+        &self,
+        ctx: &Context,
+    ) -> Result<std::result::Result<MemberClient, String>> {
+        let Some(secret) = self
+            .spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_secret_name.as_deref())
+        else {
+            return Ok(Ok(ctx.members.clone()));
+        };
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &self.names().namespace);
+        let Some(found) = api.get_opt(secret).await? else {
+            return Ok(Err(format!(
+                "client TLS Secret {secret} (spec.tls.clientSecretName) does not exist"
+            )));
+        };
+        Ok(member_tls(secret, &found).map(MemberClient::with_tls))
     }
 
     /// Carries out one recorded step.
     async fn perform(
         &self,
         ctx: &Context,
+        mc: &MemberClient,
         step: &Step,
         seen: &Seen,
         obs: &Observation,
     ) -> Result<Action> {
         let names = self.names();
         let ns = names.namespace.clone();
-        let peer_tls = self
-            .spec
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.peer_secret_name.is_some());
         let target = |exclude: Option<u32>| -> Option<String> {
             let ms = seen.members.as_ref()?;
             let pick = seen
@@ -346,8 +383,8 @@ impl EtcdCluster {
                 self.apply_configmap(ctx, &ordinals.into_iter().collect::<Vec<_>>(), false)
                     .await?;
                 let ep = target(None).ok_or(members::MemberError::NoneReachable)?;
-                let url = names.peer_url(*ordinal, peer_tls);
-                let id = match ctx.members.add_learner(&ep, &url).await {
+                let url = names.peer_url(*ordinal);
+                let id = match mc.add_learner(&ep, &url).await {
                     Ok(id) => id,
                     Err(e) if members::is_unhealthy_cluster(&e) => {
                         tracing::info!(cluster = %names.cluster, "etcd refuses changes for now: {e}");
@@ -362,7 +399,7 @@ impl EtcdCluster {
             }
             Step::Promote { id, ordinal } => {
                 let ep = target(None).ok_or(members::MemberError::NoneReachable)?;
-                match ctx.members.promote(&ep, *id).await {
+                match mc.promote(&ep, *id).await {
                     Ok(()) => {}
                     Err(e) if members::is_not_ready_to_promote(&e) => {
                         tracing::info!(member = %names.pod(*ordinal), "learner not caught up yet");
@@ -385,7 +422,7 @@ impl EtcdCluster {
                     .and_then(|m| m.ordinal)
                     .ok_or(members::MemberError::NoneReachable)?;
                 let ep = (ctx.endpoint)(&names, from_ord);
-                ctx.members.move_leader(&ep, *to).await?;
+                mc.move_leader(&ep, *to).await?;
                 (
                     "LeaderMoved",
                     format!("moved leadership from {from:x} to {to:x}"),
@@ -397,7 +434,7 @@ impl EtcdCluster {
                 repair,
             } => {
                 let ep = target(Some(*ordinal)).ok_or(members::MemberError::NoneReachable)?;
-                match ctx.members.remove(&ep, *id).await {
+                match mc.remove(&ep, *id).await {
                     Ok(()) => {}
                     Err(e) if members::is_member_not_found(&e) => {}
                     Err(e) if members::is_unhealthy_cluster(&e) => {
@@ -504,7 +541,12 @@ impl EtcdCluster {
     }
 
     /// Reads the StatefulSet, then the member list and every member's status.
-    async fn observe(&self, ctx: &Context, status: &EtcdClusterStatus) -> Result<Seen> {
+    async fn observe(
+        &self,
+        ctx: &Context,
+        mc: &MemberClient,
+        status: &EtcdClusterStatus,
+    ) -> Result<Seen> {
         let names = self.names();
         let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &names.namespace);
         let sts = sts_api.get_opt(names.statefulset()).await?;
@@ -532,7 +574,7 @@ impl EtcdCluster {
         if endpoints.is_empty() {
             return Ok(seen);
         }
-        let list = match ctx.members.list(&endpoints).await {
+        let list = match mc.list(&endpoints).await {
             Ok((_, list)) => list,
             Err(e) => {
                 tracing::info!(cluster = %names.cluster, error = %e, "member list unavailable");
@@ -544,7 +586,7 @@ impl EtcdCluster {
             let ep = ordinal.map(|k| (ctx.endpoint)(&names, k));
             async move {
                 match ep {
-                    Some(ep) => ctx.members.status(&ep).await.ok(),
+                    Some(ep) => mc.status(&ep).await.ok(),
                     None => None,
                 }
             }
@@ -1126,7 +1168,7 @@ mod tests {
             assert_eq!(cm["data"]["ETCD_INITIAL_CLUSTER_STATE"], "new");
             assert_eq!(
                 cm["data"]["ETCD_INITIAL_CLUSTER"],
-                "c-0=http://c-0.c.ns.svc:2380"
+                "c-0=http://c-0.c.ns.svc.cluster.local:2380"
             );
             let (_, sts) = expect(
                 &mut handle,
@@ -1246,7 +1288,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unsupported_spec_is_a_condition_and_a_warning_not_a_change() {
+    async fn missing_client_tls_secret_is_a_condition_and_a_warning_not_a_change() {
         let (ctx, mut handle) = context();
         let c = cluster(
             r#"{"tls": {"clientSecretName": "s"}, "storage": {"emptyDir": true}}"#,
@@ -1254,6 +1296,14 @@ mod tests {
         );
         let api = tokio::spawn(async move {
             expect_services(&mut handle).await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/ns/secrets/s",
+                404,
+                not_found(),
+            )
+            .await;
             expect(
                 &mut handle,
                 "GET",
@@ -1289,7 +1339,14 @@ mod tests {
                 .unwrap()
                 .clone();
             assert_eq!(degraded["status"], "True");
-            assert_eq!(degraded["reason"], "ClientTlsUnsupported");
+            assert_eq!(degraded["reason"], "ClientTlsSecretInvalid");
+            assert!(
+                degraded["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not exist"),
+                "{degraded}"
+            );
             let (_, ev) = expect(
                 &mut handle,
                 "POST",
@@ -1299,7 +1356,7 @@ mod tests {
             )
             .await;
             assert_eq!(ev["type"], "Warning");
-            assert_eq!(ev["reason"], "ClientTlsUnsupported");
+            assert_eq!(ev["reason"], "ClientTlsSecretInvalid");
             // Nothing else: no StatefulSet, no ConfigMap.
             assert!(
                 tokio::time::timeout(Duration::from_millis(200), handle.next_request())
@@ -1310,6 +1367,47 @@ mod tests {
         let action = c.reconcile(&ctx).await.unwrap();
         assert_eq!(action, Action::requeue(REQUEUE_BLOCKED));
         api.await.unwrap();
+    }
+
+    #[test]
+    fn client_tls_secret_needs_a_ca_a_certificate_and_a_key() {
+        use k8s_openapi::ByteString;
+        let pem = |label: &str| {
+            ByteString(
+                format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n").into_bytes(),
+            )
+        };
+        let secret = |keys: &[(&str, ByteString)]| Secret {
+            data: Some(
+                keys.iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let full = [
+            ("ca.crt", pem("CERTIFICATE")),
+            ("tls.crt", pem("CERTIFICATE")),
+            ("tls.key", pem("EC PRIVATE KEY")),
+        ];
+        let tls = member_tls("s", &secret(&full)).unwrap();
+        assert_eq!(tls.ca_pem, full[0].1.0);
+        assert_eq!(
+            tls.identity,
+            Some((full[1].1.0.clone(), full[2].1.0.clone()))
+        );
+        let err = member_tls("s", &secret(&full[..2])).unwrap_err();
+        assert_eq!(err, "client TLS Secret s has no tls.key");
+        let err = member_tls("s", &Secret::default()).unwrap_err();
+        assert_eq!(err, "client TLS Secret s has no ca.crt");
+        let mut bad = full.clone();
+        bad[0].1 = ByteString(b"not pem".to_vec());
+        let err = member_tls("s", &secret(&bad)).unwrap_err();
+        assert!(err.contains("the CA holds no PEM certificate"), "{err}");
+        bad = full.clone();
+        bad[2].1 = pem("CERTIFICATE");
+        let err = member_tls("s", &secret(&bad)).unwrap_err();
+        assert!(err.contains("not a PEM private key"), "{err}");
     }
 
     #[test]

@@ -118,7 +118,10 @@ pub struct EtcdClusterSpec {
     #[serde(default)]
     pub pvc_retention_policy: PvcRetentionPolicy,
 
-    /// DNS domain of the Kubernetes cluster (pod names are `<pod>.<svc>.<ns>.svc.<domain>`).
+    /// DNS domain of the Kubernetes cluster. Members advertise, and the operator dials, pod DNS
+    /// names `<pod>.<cluster>.<namespace>.svc.<clusterDomain>`; empty for names ending in
+    /// `.svc`. Set it before the cluster is created: members keep the peer URLs they joined
+    /// with.
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
 
@@ -154,14 +157,18 @@ impl Default for StorageSpec {
     }
 }
 
-/// Names of Secrets with TLS material (`tls.crt`, `tls.key`, `ca.crt`).
+/// Names of Secrets with TLS material (`tls.crt`, `tls.key`, `ca.crt`). Certificates must name
+/// the members' DNS names (`*.<cluster>.<namespace>.svc.<clusterDomain>` covers them).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Secret for the client listener (and the operator's connections to members).
+    /// Secret for the client listener: members serve `https` with its `tls.crt` and `tls.key`;
+    /// the operator verifies them with its `ca.crt` and presents `tls.crt` as its client
+    /// certificate (members do not require one, since probes present none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_name: Option<String>,
-    /// Secret for peer traffic between members.
+    /// Secret for peer traffic between members (`https`, mutually authenticated: the
+    /// certificate serves as both server and client certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_secret_name: Option<String>,
 }

@@ -3,8 +3,10 @@
 //! generated gRPC clients.
 //!
 //! Members are dialled by the endpoint the caller gives (the controller passes pod DNS names
-//! through the headless Service, `http://<pod>.<svc>.<ns>.svc:2379`; tests pass loopback
-//! addresses), never a Service ClusterIP. Every call has a deadline; transient failures are
+//! through the headless Service, `http(s)://<pod>.<svc>.<ns>.svc.<domain>:2379`; tests pass
+//! loopback addresses), never a Service ClusterIP. `https` endpoints are dialled with the
+//! [`MemberTls`] the client was made with (the CA that signs the members' client certificates
+//! and, optionally, a client certificate), over rustls with the ring provider. Every call has a deadline; transient failures are
 //! retried with `backon`, but a call whose outcome is unknown (a timeout after sending) is not
 //! blindly repeated: the controller re-reads the member list and plans again.
 
@@ -16,7 +18,7 @@ use concord_store::proto::etcdserverpb::{
     MoveLeaderRequest, StatusRequest, cluster_client::ClusterClient,
     maintenance_client::MaintenanceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How long to wait for a TCP connection to a member.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +50,12 @@ pub enum MemberError {
     /// No endpoint answered.
     #[error("no member answered")]
     NoneReachable,
+    /// TLS material that cannot be used.
+    #[error("client TLS: {0}")]
+    Tls(String),
+    /// An `https` endpoint, but the client has no TLS settings (or the reverse).
+    #[error("{0}: scheme does not match the client's TLS settings")]
+    Scheme(String),
 }
 
 impl MemberError {
@@ -106,16 +114,92 @@ pub struct MemberHealth {
     pub errors: Vec<String>,
 }
 
-/// Dials members and performs membership calls.
-#[derive(Clone, Debug, Default)]
-pub struct MemberClient;
+/// PEM material for dialling members over `https`, as a Kubernetes TLS Secret holds it
+/// (`ca.crt`, `tls.crt`, `tls.key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberTls {
+    /// CA bundle that signs the members' serving certificates.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and key presented to members that ask for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
 
-fn channel(endpoint: &str) -> Result<Channel, MemberError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|_| MemberError::Endpoint(endpoint.to_owned()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect_lazy())
+fn has_pem(pem: &[u8], label: &str) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    text.contains(&format!("-----BEGIN {label}-----"))
+}
+
+impl MemberTls {
+    /// Checks that the CA and the optional certificate and key are PEM of the right kind.
+    pub fn new(ca_pem: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>) -> Result<Self, MemberError> {
+        if !has_pem(&ca_pem, "CERTIFICATE") {
+            return Err(MemberError::Tls("the CA holds no PEM certificate".into()));
+        }
+        if let Some((cert, key)) = &identity {
+            if !has_pem(cert, "CERTIFICATE") {
+                return Err(MemberError::Tls(
+                    "the client certificate is not a PEM certificate".into(),
+                ));
+            }
+            let key_text = String::from_utf8_lossy(key);
+            if !(key_text.contains("-----BEGIN ") && key_text.contains("PRIVATE KEY-----")) {
+                return Err(MemberError::Tls(
+                    "the client key is not a PEM private key".into(),
+                ));
+            }
+        }
+        Ok(MemberTls { ca_pem, identity })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => c.identity(Identity::from_pem(cert, key)),
+            None => c,
+        }
+    }
+}
+
+/// Dials members and performs membership calls: `http` endpoints in plain text, `https` ones
+/// with the client's [`MemberTls`].
+#[derive(Clone, Debug, Default)]
+pub struct MemberClient {
+    tls: Option<MemberTls>,
+}
+
+impl MemberClient {
+    /// A client for plain-text (`http`) members.
+    pub fn plain() -> MemberClient {
+        MemberClient { tls: None }
+    }
+
+    /// A client for `https` members, verified with `tls`.
+    pub fn with_tls(tls: MemberTls) -> MemberClient {
+        MemberClient { tls: Some(tls) }
+    }
+
+    /// The TLS settings, if any.
+    pub fn tls(&self) -> Option<&MemberTls> {
+        self.tls.as_ref()
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, MemberError> {
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| MemberError::Endpoint(endpoint.to_owned()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        let https = endpoint.starts_with("https://");
+        match (&self.tls, https) {
+            (Some(tls), true) => {
+                ep = ep
+                    .tls_config(tls.config())
+                    .map_err(|e| MemberError::Tls(e.to_string()))?;
+            }
+            (None, false) => {}
+            _ => return Err(MemberError::Scheme(endpoint.to_owned())),
+        }
+        Ok(ep.connect_lazy())
+    }
 }
 
 fn rpc(endpoint: &str) -> impl Fn(tonic::Status) -> MemberError + '_ {
@@ -141,7 +225,7 @@ impl MemberClient {
         let mut last = MemberError::NoneReachable;
         for ep in endpoints {
             let call = || async {
-                let mut c = ClusterClient::new(channel(ep)?);
+                let mut c = ClusterClient::new(self.channel(ep)?);
                 c.member_list(MemberListRequest { linearizable: true })
                     .await
                     .map_err(rpc(ep))
@@ -170,7 +254,7 @@ impl MemberClient {
 
     /// `Maintenance.Status` of one member (no retry: an unanswered status means unhealthy).
     pub async fn status(&self, endpoint: &str) -> Result<MemberHealth, MemberError> {
-        let mut c = MaintenanceClient::new(channel(endpoint)?);
+        let mut c = MaintenanceClient::new(self.channel(endpoint)?);
         let r = c
             .status(StatusRequest {})
             .await
@@ -190,7 +274,7 @@ impl MemberClient {
 
     /// `MemberAdd` as a learner; returns the new member's ID.
     pub async fn add_learner(&self, endpoint: &str, peer_url: &str) -> Result<u64, MemberError> {
-        let mut c = ClusterClient::new(channel(endpoint)?);
+        let mut c = ClusterClient::new(self.channel(endpoint)?);
         let r = c
             .member_add(MemberAddRequest {
                 peer_ur_ls: vec![peer_url.to_owned()],
@@ -205,7 +289,7 @@ impl MemberClient {
     /// `MemberPromote`. etcd refuses until the learner has caught up with the leader
     /// ([`is_not_ready_to_promote`]).
     pub async fn promote(&self, endpoint: &str, id: u64) -> Result<(), MemberError> {
-        let mut c = ClusterClient::new(channel(endpoint)?);
+        let mut c = ClusterClient::new(self.channel(endpoint)?);
         c.member_promote(MemberPromoteRequest { id })
             .await
             .map_err(rpc(endpoint))?;
@@ -214,7 +298,7 @@ impl MemberClient {
 
     /// `MemberRemove`.
     pub async fn remove(&self, endpoint: &str, id: u64) -> Result<(), MemberError> {
-        let mut c = ClusterClient::new(channel(endpoint)?);
+        let mut c = ClusterClient::new(self.channel(endpoint)?);
         c.member_remove(MemberRemoveRequest { id })
             .await
             .map_err(rpc(endpoint))?;
@@ -223,7 +307,7 @@ impl MemberClient {
 
     /// `MoveLeader`, sent to the current leader's endpoint.
     pub async fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<(), MemberError> {
-        let mut c = MaintenanceClient::new(channel(leader_endpoint)?);
+        let mut c = MaintenanceClient::new(self.channel(leader_endpoint)?);
         c.move_leader(MoveLeaderRequest { target_id: target })
             .await
             .map_err(rpc(leader_endpoint))?;

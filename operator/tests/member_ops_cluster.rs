@@ -18,7 +18,7 @@ use concord_tests::{Cluster, LoopbackIp, PEER_PORT, Server, ServerKind};
 async fn scenario(kind: ServerKind) -> Result<()> {
     let cluster = Cluster::start(kind, 3)?;
     let eps = cluster.endpoints();
-    let mc = MemberClient;
+    let mc = MemberClient::plain();
 
     // List and health: three voters, one leader every member agrees on, one cluster ID.
     let (_, list) = mc.list(&eps).await?;

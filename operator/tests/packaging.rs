@@ -208,6 +208,7 @@ fn deploy_rbac_matches_the_chart_and_covers_the_operator() {
         ("", "configmaps", "patch"),
         ("", "pods", "delete"),
         ("", "persistentvolumeclaims", "delete"),
+        ("", "secrets", "get"),
         ("policy", "poddisruptionbudgets", "patch"),
         ("events.k8s.io", "events", "create"),
     ] {
