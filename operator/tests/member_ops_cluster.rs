@@ -4,15 +4,19 @@
 //! leadership, removal, and the "already done" errors the controller treats as success when it
 //! resumes a step after a crash.
 //!
-//! One test runs both servers one after the other (several processes each; `cluster` in the
+//! The same calls over client TLS (`https` members requiring client certificates), dialled with
+//! a CA and client certificate as the controller does for `spec.tls.clientSecretName`.
+//!
+//! Each test runs both servers one after the other (several processes each; `cluster` in the
 //! name).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use concord_operator::members::{self, MemberClient};
+use concord_operator::members::{self, MemberClient, MemberTls};
 use concord_tests::cluster::wait_for;
+use concord_tests::tls::TestPki;
 use concord_tests::{Cluster, LoopbackIp, PEER_PORT, Server, ServerKind};
 
 async fn scenario(kind: ServerKind) -> Result<()> {
@@ -142,4 +146,107 @@ async fn scenario(kind: ServerKind) -> Result<()> {
 async fn member_ops_against_etcd_and_concord_cluster() -> Result<()> {
     scenario(ServerKind::Etcd35).await?;
     scenario(ServerKind::Concord).await
+}
+
+/// The same calls over client TLS: a 3-member cluster serving `https` with certificates of a test
+/// CA and requiring client certificates (`--client-cert-auth`), dialled with the CA and a client
+/// certificate the way the controller dials members with a `spec.tls.clientSecretName` Secret.
+/// Clients with the wrong CA, without a certificate, or without TLS at all are refused.
+async fn tls_scenario(kind: ServerKind) -> Result<()> {
+    let pki = TestPki::new()?;
+    let probe = pki.client("root")?;
+    let cluster = Cluster::start_configured(kind, 3, false, |i, ip, b| {
+        let cert = pki.server_cert(&format!("m{i}"), &[ip])?;
+        Ok(b.https(probe.clone())
+            .arg(format!("--cert-file={}", cert.cert.display()))
+            .arg(format!("--key-file={}", cert.key.display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+            .arg("--client-cert-auth"))
+    })?;
+    let eps = cluster.endpoints();
+    ensure!(eps.iter().all(|e| e.starts_with("https://")), "{eps:?}");
+    let client = pki.client_cert("operator")?;
+    let tls = MemberTls::new(
+        std::fs::read(&pki.ca)?,
+        Some((std::fs::read(&client.cert)?, std::fs::read(&client.key)?)),
+    )?;
+    let mc = MemberClient::with_tls(tls.clone());
+
+    let (_, list) = mc.list(&eps).await?;
+    ensure!(
+        list.len() == 3
+            && list
+                .iter()
+                .all(|m| !m.learner && m.client_urls.iter().all(|u| u.starts_with("https://"))),
+        "{list:?}"
+    );
+    let mut leaders = BTreeSet::new();
+    for ep in &eps {
+        leaders.insert(mc.status(ep).await?.leader);
+    }
+    ensure!(leaders.len() == 1 && !leaders.contains(&0), "{leaders:?}");
+    let leader = *leaders.first().unwrap();
+
+    // Refused: the unrelated CA, no client certificate, plain text, and an http endpoint for a
+    // TLS client.
+    let wrong_ca = MemberClient::with_tls(MemberTls::new(
+        std::fs::read(&pki.other_ca)?,
+        tls.identity.clone(),
+    )?);
+    ensure!(wrong_ca.status(&eps[0]).await.is_err());
+    let anonymous = MemberClient::with_tls(MemberTls::new(tls.ca_pem.clone(), None)?);
+    ensure!(anonymous.status(&eps[0]).await.is_err());
+    let plain = MemberClient::plain();
+    let err = plain.status(&eps[0]).await.unwrap_err();
+    ensure!(matches!(err, members::MemberError::Scheme(_)), "{err}");
+    let http = eps[0].replacen("https://", "http://", 1);
+    let err = mc.status(&http).await.unwrap_err();
+    ensure!(matches!(err, members::MemberError::Scheme(_)), "{err}");
+
+    // Membership calls over TLS: add a learner, promotion refused until it runs, remove it, move
+    // leadership.
+    let ip = LoopbackIp::claim()?;
+    let peer = format!("http://{}:{PEER_PORT}", ip.ip());
+    let id = wait_for("member add", Duration::from_secs(30), || async {
+        match mc.add_learner(&eps[0], &peer).await {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if members::is_unhealthy_cluster(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    let early = mc.promote(&eps[1], id).await.unwrap_err();
+    ensure!(members::is_not_ready_to_promote(&early), "{early}");
+    mc.remove(&eps[2], id).await?;
+    let (_, list) = mc.list(&eps).await?;
+    ensure!(
+        list.len() == 3 && !list.iter().any(|m| m.id == id),
+        "{list:?}"
+    );
+
+    let (leader_ep, target) = {
+        let mut leader_ep = None;
+        let mut target = None;
+        for ep in &eps {
+            let h = mc.status(ep).await?;
+            if h.id == leader {
+                leader_ep = Some(ep.clone());
+            } else {
+                target = Some(h.id);
+            }
+        }
+        (leader_ep.expect("leader"), target.expect("a follower"))
+    };
+    mc.move_leader(&leader_ep, target).await?;
+    wait_for("new leader", Duration::from_secs(30), || async {
+        Ok((mc.status(&eps[0]).await?.leader == target).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_ops_over_client_tls_against_etcd_and_concord_cluster() -> Result<()> {
+    tls_scenario(ServerKind::Etcd35).await?;
+    tls_scenario(ServerKind::Concord).await
 }
