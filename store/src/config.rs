@@ -142,6 +142,8 @@ pub struct Config {
     pub auto_compaction_mode: AutoCompactionMode,
     pub auto_compaction_retention: AutoCompactionRetention,
     pub snapshot_count: u64,
+    /// `--experimental-snapshot-catchup-entries`; 0 means the default (5000), as in etcd.
+    pub snapshot_catchup_entries: u64,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     /// One of `debug`, `info`, `warn`, `error`, `dpanic`, `panic`, `fatal` (lower case).
@@ -193,6 +195,7 @@ impl Default for Config {
             auto_compaction_mode: AutoCompactionMode::Periodic,
             auto_compaction_retention: AutoCompactionRetention::Disabled,
             snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             log_level: "info".to_owned(),
@@ -1469,6 +1472,7 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
         auto_compaction_mode,
         auto_compaction_retention: retention,
         snapshot_count: values.uint("snapshot-count"),
+        snapshot_catchup_entries: values.uint("experimental-snapshot-catchup-entries"),
         heartbeat_interval: Duration::from_millis(tick_ms),
         election_timeout: Duration::from_millis(election_ms),
         log_level,

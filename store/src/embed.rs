@@ -227,6 +227,17 @@ pub fn server_config(
             heartbeat: cfg.heartbeat_interval,
             election_timeout: cfg.election_timeout,
             snapshot_count: cfg.snapshot_count,
+            catch_up_entries: match cfg.snapshot_catchup_entries {
+                0 => {
+                    tracing::warn!(
+                        given_snapshot_catchup_entries = 0,
+                        updated_snapshot_catchup_entries = crate::raft::DEFAULT_CATCH_UP_ENTRIES,
+                        "updated snapshot catch-up entries"
+                    );
+                    crate::raft::DEFAULT_CATCH_UP_ENTRIES
+                }
+                n => n,
+            },
         },
     }
 }

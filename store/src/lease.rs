@@ -207,13 +207,22 @@ impl Lessor {
     /// persisted remaining TTLs. `checkpoint_interval` is `Some` when checkpointing is on (0
     /// means etcd's default, 5 minutes).
     pub fn load(backend: &Backend, checkpoint_interval: Option<Duration>) -> Result<Lessor> {
+        let mut inner = Lessor::empty(checkpoint_interval);
+        inner.leases = Lessor::read(backend)?;
+        Ok(Lessor {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// The granted leases in the backend, none expiring.
+    fn read(backend: &Backend) -> Result<HashMap<i64, LeaseState>> {
         let rtx = backend.db().begin_read()?;
         let t = rtx.open_table(LEASES)?;
-        let mut inner = Lessor::empty(checkpoint_interval);
+        let mut leases = HashMap::new();
         for item in t.iter()? {
             let (_, v) = item?;
             let rec = LeaseRecord::decode(v.value())?;
-            inner.leases.insert(
+            leases.insert(
                 rec.id,
                 LeaseState {
                     ttl: rec.ttl,
@@ -222,9 +231,19 @@ impl Lessor {
                 },
             );
         }
-        Ok(Lessor {
-            inner: Mutex::new(inner),
-        })
+        Ok(leases)
+    }
+
+    /// Replaces the leases with the backend's, after a raft snapshot replaced the whole state
+    /// (etcd's `lessor.Recover`). Only followers install snapshots, and their leases never
+    /// expire; promotion gives them deadlines.
+    pub fn reload(&self, backend: &Backend) -> Result<()> {
+        let leases = Lessor::read(backend)?;
+        let mut inner = self.lock();
+        inner.leases = leases;
+        inner.revoking.clear();
+        inner.checkpoints.clear();
+        Ok(())
     }
 
     fn empty(checkpoint_interval: Option<Duration>) -> Inner {

@@ -35,7 +35,9 @@ use ::raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
     Snapshot,
 };
-use ::raft::{GetEntriesContext, RaftState, RawNode, StateRole, Storage, storage::MemStorage};
+use ::raft::{
+    GetEntriesContext, RaftState, RawNode, SnapshotStatus, StateRole, Storage, storage::MemStorage,
+};
 use protobuf::Message as PbMessage;
 use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::{oneshot, watch};
@@ -50,11 +52,12 @@ use crate::lease::{LeaseChange, Lessor};
 use crate::membership;
 use crate::mvcc::{Revs, WriteTables};
 use crate::proto::mvccpb::Event;
-use crate::transport::Transport;
+use crate::transport::{StagedSnapshot, Transport, received_snapshot_path};
 use crate::watch::WatchHub;
 
-/// Entries kept in the log after a compaction, so slow followers can catch up from the log.
-const CATCH_UP_ENTRIES: u64 = 5000;
+/// Entries kept in the log after a compaction when `--experimental-snapshot-catchup-entries`
+/// is 0 (etcd's `DefaultSnapshotCatchUpEntries`).
+pub const DEFAULT_CATCH_UP_ENTRIES: u64 = 5000;
 /// A ReadIndex request not answered after this long is sent again (etcd: 500 ms).
 pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
@@ -71,6 +74,9 @@ pub struct RaftConfig {
     pub election_timeout: Duration,
     /// Applied entries between log compactions (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Entries kept in the log after a compaction, so slow followers can catch up from the log
+    /// rather than by snapshot (etcd's `--experimental-snapshot-catchup-entries`).
+    pub catch_up_entries: u64,
 }
 
 impl RaftConfig {
@@ -185,19 +191,40 @@ struct ReadBatch {
     waiters: Vec<oneshot::Sender<Result<u64>>>,
 }
 
-/// The raft log in memory (rebuilt from redb at start). Wraps `MemStorage` to refuse log
-/// snapshots: concord cannot ship its state to a member yet, and an empty snapshot would
-/// corrupt it. raft-rs then keeps probing that member, which stays behind until it can be
-/// caught up from the log.
+/// The raft log in memory (rebuilt from redb at start), and the source of the snapshots raft
+/// sends to members behind the compacted log: [`Storage::snapshot`] begins a read transaction
+/// of the applied state, whose applied index, term and conf state make the snapshot's metadata,
+/// and stages it with the transport, which streams it with the MsgSnapshot.
 pub struct LogStore {
     mem: MemStorage,
-    warned: std::cell::Cell<Option<Instant>>,
+    backend: Arc<Backend>,
+    transport: Arc<Transport>,
 }
 
 impl std::ops::Deref for LogStore {
     type Target = MemStorage;
     fn deref(&self) -> &MemStorage {
         &self.mem
+    }
+}
+
+impl LogStore {
+    /// The metadata of a snapshot of the applied state as `rtx` sees it.
+    fn snapshot_of(&self, rtx: &redb::ReadTransaction) -> Result<Snapshot> {
+        let index = rtx
+            .open_table(META)?
+            .get(META_APPLIED_INDEX)?
+            .map_or(0, |v| v.value());
+        let cs: ConfState = match rtx.open_table(RAFT_STATE)?.get(RAFT_CONF_STATE)? {
+            Some(v) => decode(v.value())?,
+            None => return Err(Error::Storage("no conf state in the data dir".into())),
+        };
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = self.mem.term(index)?;
+        meta.set_conf_state(cs);
+        Ok(snap)
     }
 }
 
@@ -229,24 +256,42 @@ impl Storage for LogStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let now = Instant::now();
-        if self
-            .warned
-            .get()
-            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
-        {
-            self.warned.set(Some(now));
-            tracing::warn!(
-                remote_peer_id = format!("{to:x}"),
-                request_index,
-                "member is behind the compacted raft log and needs a snapshot, which concord \
-                 cannot send yet; it stays behind. Remove it and add it again with an empty \
-                 data dir once snapshot shipping lands"
-            );
+        let unavailable = raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        let staged = self
+            .backend
+            .db()
+            .begin_read()
+            .map_err(Error::from)
+            .and_then(|rtx| {
+                let snap = self.snapshot_of(&rtx)?;
+                Ok((snap, rtx))
+            });
+        match staged {
+            Ok((snap, rtx)) if snap.get_metadata().index >= request_index.max(1) => {
+                tracing::info!(
+                    remote_peer_id = format!("{to:x}"),
+                    snapshot_index = snap.get_metadata().index,
+                    "member is behind the compacted raft log; sending it a snapshot"
+                );
+                self.transport.stage_snapshot(
+                    to,
+                    StagedSnapshot {
+                        rtx,
+                        backend: self.backend.clone(),
+                    },
+                );
+                Ok(snap)
+            }
+            Ok(_) => Err(unavailable),
+            Err(e) => {
+                tracing::warn!(
+                    remote_peer_id = format!("{to:x}"),
+                    error = %e,
+                    "cannot take a snapshot for a member behind the compacted raft log"
+                );
+                Err(unavailable)
+            }
         }
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
     }
 }
 
@@ -328,9 +373,11 @@ pub fn start(
     transport: Arc<Transport>,
 ) -> Result<RaftHandle> {
     let (storage, applied) = load_storage(&backend, &cfg)?;
+    remove_received_snapshots(&backend, u64::MAX);
     let storage = LogStore {
         mem: storage,
-        warned: std::cell::Cell::new(None),
+        backend: backend.clone(),
+        transport: transport.clone(),
     };
     let ticks =
         (cfg.election_timeout.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2) as usize;
@@ -565,6 +612,14 @@ impl Driver {
             for id in self.transport.take_unreachable() {
                 self.node.report_unreachable(id);
             }
+            for (id, delivered) in self.transport.take_snapshot_reports() {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(id, status);
+            }
             if self.transport.removed_by_peer() {
                 self.removed = true;
                 self.publish();
@@ -743,12 +798,8 @@ impl Driver {
         let mut ready = self.node.ready();
         // 1. Messages to peers that need not wait for this Ready to be durable.
         self.transport.send(ready.take_messages());
-        // 2. Snapshot from a leader: never sent by concord members (see `LogStore`).
-        if !ready.snapshot().is_empty() {
-            return Err(Error::Raft(
-                "received a raft snapshot, but snapshot install is not implemented yet".into(),
-            ));
-        }
+        // 2. A snapshot from the leader: installed in the transaction below.
+        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
         for rs in ready.take_read_states() {
             let own =
                 rs.request_ctx.len() == 16 && rs.request_ctx[..8] == self.cfg.id.to_be_bytes();
@@ -778,6 +829,10 @@ impl Driver {
             wtx.set_durability(Durability::None)
                 .map_err(|e| Error::Storage(e.to_string()))?;
         }
+        let installed = match &snapshot {
+            Some(snap) => Some(self.install_snapshot(&wtx, snap)?),
+            None => None,
+        };
         let applied = self.apply_committed(&wtx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if let Some(first) = entries.first() {
@@ -796,10 +851,13 @@ impl Driver {
                 .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             self.node.mut_store().wl().set_hardstate(hs);
         }
-        if needs_write {
+        if needs_write || installed.is_some() {
             wtx.commit()?;
         } else {
             wtx.abort()?;
+        }
+        if let Some(installed) = installed {
+            self.installed_snapshot(installed)?;
         }
         self.publish_events(applied);
         send_replies(replies);
@@ -950,13 +1008,74 @@ impl Driver {
         Ok(())
     }
 
+    /// Replaces this member's state with the leader's snapshot `snap` inside `wtx` (the one
+    /// that also persists the Ready's entries and hard state): the replicated tables from the
+    /// file the peer service saved, an empty raft log starting after the snapshot, and its conf
+    /// state. The in-memory log follows at once; [`Driver::installed_snapshot`] refreshes the
+    /// rest after the commit.
+    fn install_snapshot(
+        &mut self,
+        wtx: &WriteTransaction,
+        snap: &Snapshot,
+    ) -> Result<crate::snapshot::Installed> {
+        let meta = snap.get_metadata();
+        let path = received_snapshot_path(&self.backend, meta.index);
+        let installed = crate::snapshot::install(&path, wtx)?;
+        if installed.applied != meta.index {
+            return Err(Error::Storage(format!(
+                "the received snapshot {} holds the state at raft index {}, not {} as its \
+                 message says",
+                path.display(),
+                installed.applied,
+                meta.index
+            )));
+        }
+        wtx.delete_table(RAFT_LOG)
+            .map_err(|e| Error::Storage(format!("cannot clear the raft log: {e}")))?;
+        wtx.open_table(RAFT_LOG)?;
+        let mut state = wtx.open_table(RAFT_STATE)?;
+        let mut point = meta.clone();
+        point.clear_conf_state();
+        state.insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
+        state.insert(RAFT_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
+        self.node.mut_store().wl().apply_snapshot(snap.clone())?;
+        self.applied = meta.index;
+        Ok(installed)
+    }
+
+    /// After a snapshot's install is committed: the lessor, the watch hub and the peer links
+    /// start over from the new state, and the file goes.
+    fn installed_snapshot(&mut self, installed: crate::snapshot::Installed) -> Result<()> {
+        self.lessor.reload(&self.backend)?;
+        self.hub.reset(Revs {
+            current: installed.current_rev as i64,
+            compact: installed.compact_rev as i64,
+        });
+        let members = membership::list(&self.backend)?;
+        self.transport.retain_peers(members.iter().map(|m| m.id));
+        for m in members {
+            self.transport.add_peer(m.id, m.peer_ur_ls);
+        }
+        if membership::is_removed(&self.backend, self.cfg.id)? {
+            self.removed = true;
+        }
+        remove_received_snapshots(&self.backend, installed.applied);
+        tracing::info!(
+            applied_index = installed.applied,
+            current_revision = installed.current_rev,
+            "applied snapshot from the leader"
+        );
+        Ok(())
+    }
+
     /// Drops applied log entries once `--snapshot-count` of them pile up, keeping a tail.
     fn maybe_compact_log(&mut self) -> Result<()> {
         let first = ::raft::Storage::first_index(self.node.store())?;
-        if self.applied < first + self.cfg.snapshot_count + CATCH_UP_ENTRIES {
+        let catch_up = self.cfg.catch_up_entries;
+        if self.applied < first + self.cfg.snapshot_count + catch_up {
             return Ok(());
         }
-        let keep_from = self.applied - CATCH_UP_ENTRIES;
+        let keep_from = self.applied - catch_up;
         let term = ::raft::Storage::term(self.node.store(), keep_from - 1)?;
         let meta = ::raft::prelude::SnapshotMetadata {
             index: keep_from - 1,
@@ -999,6 +1118,27 @@ struct AppliedBatch {
     events: Vec<Event>,
     revs: Revs,
     leases: Vec<LeaseChange>,
+}
+
+/// Deletes received snapshot files up to raft index `upto` (all of them at start: raft forgets
+/// a snapshot it has not installed when the member stops).
+fn remove_received_snapshots(backend: &Backend, upto: u64) {
+    let Some(dir) = backend.path().parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let index = name
+            .strip_prefix("snap-")
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| u64::from_str_radix(n, 16).ok());
+        if index.is_some_and(|i| i <= upto) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn send_replies(replies: Vec<(Waiter, Outcome)>) {

@@ -1,12 +1,15 @@
-//! Backups: the file `Maintenance.Snapshot` streams, and `concord snapshot restore`, which turns
-//! such a file into the data dir of a member of a new cluster (etcd's `etcdutl snapshot restore`).
+//! Backups and raft snapshots: the file `Maintenance.Snapshot` streams, `concord snapshot
+//! restore`, which turns such a file into the data dir of a member of a new cluster (etcd's
+//! `etcdutl snapshot restore`), and the state a leader ships to a member that is behind its
+//! compacted raft log ([`create_from`] on the leader, [`install`] on the member).
 //!
 //! Format: a snapshot is a redb file with concord's schema (see `backend`) holding the replicated
 //! state as of one read transaction: the key-value history (`kv_latest`, `kv_history`,
-//! `kv_changes`), leases, members and alarms, and the `meta` counters. The raft log and raft
-//! state are left out. As etcd's stream, it is followed by the SHA-256 of the file: etcdctl 3.5's
-//! `snapshot save` only checks that the stream's length is 32 more than a multiple of 512 (redb
-//! files are whole pages, so the file part always is), and restore checks the digest.
+//! `kv_changes`), leases, members, alarms, compaction hashes, the auth tables, and the `meta`
+//! counters (with the applied raft index). The raft log and raft state are left out. As etcd's
+//! stream, a backup is followed by the SHA-256 of the file: etcdctl 3.5's `snapshot save` only
+//! checks that the stream's length is 32 more than a multiple of 512 (redb files are whole pages,
+//! so the file part always is), and restore checks the digest.
 //!
 //! A redb file that is being written cannot be copied byte for byte, so [`create`] copies the
 //! tables from one read transaction into a fresh file (which also leaves the free pages behind);
@@ -23,13 +26,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value,
-    WriteTransaction,
+    Database, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    Value, WriteTransaction,
 };
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    ALARMS, Backend, KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, MEMBERS, META,
+    ALARMS, AUTH, AUTH_ROLES, AUTH_TOKENS, AUTH_USERS, Backend, COMPACTION_HASHES, KV_CHANGES,
+    KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, MEMBERS, MEMBERS_REMOVED, META, META_APPLIED_INDEX,
     META_COMPACT_REV, META_CURRENT_REV, META_FORMAT_VERSION,
 };
 use crate::config::Config;
@@ -70,9 +74,36 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
+/// Calls `$f(<args>, TABLE)?` for every table of the replicated state except `META`: the tables
+/// that applied raft entries write, identical on every member at the same applied index.
+macro_rules! replicated_tables {
+    ($f:ident($($arg:expr),*)) => {{
+        $f($($arg,)* KV_LATEST)?;
+        $f($($arg,)* KV_HISTORY)?;
+        $f($($arg,)* KV_CHANGES)?;
+        $f($($arg,)* LEASES)?;
+        $f($($arg,)* LEASE_KEYS)?;
+        $f($($arg,)* MEMBERS)?;
+        $f($($arg,)* MEMBERS_REMOVED)?;
+        $f($($arg,)* ALARMS)?;
+        $f($($arg,)* COMPACTION_HASHES)?;
+        $f($($arg,)* AUTH)?;
+        $f($($arg,)* AUTH_USERS)?;
+        $f($($arg,)* AUTH_ROLES)?;
+        $f($($arg,)* AUTH_TOKENS)?;
+    }};
+}
+
 /// Writes a snapshot of `backend`'s applied state into a new file next to its database (same
 /// disk, not a tmpfs); blocking. The file is removed when the returned handle is dropped.
 pub fn create(backend: &Backend) -> Result<SnapshotFile> {
+    let rtx = backend.db().begin_read()?;
+    create_from(rtx, backend)
+}
+
+/// [`create`] from the state `rtx` sees (a read transaction of `backend`'s database, begun
+/// earlier, e.g. by the raft loop at the index of a raft snapshot); ends `rtx` once copied.
+pub fn create_from(rtx: ReadTransaction, backend: &Backend) -> Result<SnapshotFile> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = backend
         .path()
@@ -99,16 +130,9 @@ pub fn create(backend: &Backend) -> Result<SnapshotFile> {
     let _ = std::fs::remove_file(file.path());
     let out = Database::create(file.path())?;
     {
-        let rtx = backend.db().begin_read()?;
         let wtx = out.begin_write()?;
         copy_table(&rtx, &wtx, META)?;
-        copy_table(&rtx, &wtx, KV_LATEST)?;
-        copy_table(&rtx, &wtx, KV_HISTORY)?;
-        copy_table(&rtx, &wtx, KV_CHANGES)?;
-        copy_table(&rtx, &wtx, LEASES)?;
-        copy_table(&rtx, &wtx, LEASE_KEYS)?;
-        copy_table(&rtx, &wtx, MEMBERS)?;
-        copy_table(&rtx, &wtx, ALARMS)?;
+        replicated_tables!(copy_table(&rtx, &wtx));
         drop(rtx);
         wtx.commit()?;
     }
@@ -122,6 +146,63 @@ pub fn create(backend: &Backend) -> Result<SnapshotFile> {
         )));
     }
     Ok(file)
+}
+
+fn clear_table<K: Key + 'static, V: Value + 'static>(
+    wtx: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    wtx.delete_table(def)
+        .map_err(|e| Error::Storage(format!("cannot clear table {}: {e}", def.name())))?;
+    wtx.open_table(def)?;
+    Ok(())
+}
+
+/// What [`install`] put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    /// The raft index the snapshot's state was taken at (its `META_APPLIED_INDEX`).
+    pub applied: u64,
+    pub current_rev: u64,
+    pub compact_rev: u64,
+}
+
+/// Replaces the replicated state in `wtx` with that of the snapshot file at `path` (written by
+/// [`create_from`] on another member of the cluster): every replicated table and the revision
+/// counters and applied index of `META`. This member's identity in `META` and the raft tables
+/// are left to the caller. Blocking.
+pub fn install(path: &Path, wtx: &WriteTransaction) -> Result<Installed> {
+    let snap = Database::open(path).map_err(|e| {
+        Error::Storage(format!(
+            "cannot open the received raft snapshot {}: {e}",
+            path.display()
+        ))
+    })?;
+    let rtx = snap.begin_read()?;
+    let installed = {
+        let meta = rtx.open_table(META)?;
+        let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let format = get(META_FORMAT_VERSION)?;
+        if format != crate::backend::FORMAT_VERSION {
+            return Err(Error::Storage(format!(
+                "the received raft snapshot has data format version {format}, this concord \
+                 reads version {}; run the same concord release on every member",
+                crate::backend::FORMAT_VERSION
+            )));
+        }
+        Installed {
+            applied: get(META_APPLIED_INDEX)?,
+            current_rev: get(META_CURRENT_REV)?.max(1),
+            compact_rev: get(META_COMPACT_REV)?,
+        }
+    };
+    replicated_tables!(clear_table(wtx));
+    replicated_tables!(copy_table(&rtx, wtx));
+    let mut m = wtx.open_table(META)?;
+    m.insert(META_CURRENT_REV, installed.current_rev)?;
+    m.insert(META_COMPACT_REV, installed.compact_rev)?;
+    m.insert(META_APPLIED_INDEX, installed.applied)?;
+    Ok(installed)
 }
 
 /// What `concord snapshot restore` was asked to do.

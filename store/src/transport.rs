@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use protobuf::Message as PbMessage;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -40,7 +40,9 @@ use crate::error::{Error, Result};
 use crate::fault::PeerFaults;
 use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::peer_server::{Peer, PeerServer};
-use crate::proto::concordpb::{MembersRequest, MembersResponse, RaftEnvelope, StreamAck};
+use crate::proto::concordpb::{
+    MembersRequest, MembersResponse, RaftEnvelope, SnapshotAck, SnapshotChunk, StreamAck,
+};
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     Member,
@@ -56,6 +58,8 @@ const STREAM_WINDOW: usize = 64;
 const MAX_ENVELOPE_BYTES: usize = 4 << 20;
 /// Largest envelope a member accepts: one oversized entry plus a batch.
 const MAX_RECV_BYTES: usize = 64 << 20;
+/// Bytes of the state file per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A stream that stayed up this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 
@@ -87,12 +91,29 @@ struct Shared {
     active: Mutex<HashMap<u64, Instant>>,
     /// A peer refused this member as removed from the cluster.
     removed: std::sync::atomic::AtomicBool,
+    /// The state for the next MsgSnapshot to each member, staged by the raft log.
+    staged: Mutex<HashMap<u64, StagedSnapshot>>,
+    /// Outcomes of snapshots sent since the raft loop last asked: (member, delivered).
+    snapshot_reports: Mutex<Vec<(u64, bool)>>,
+}
+
+/// The state a raft snapshot to one member carries: a read transaction of the leader's
+/// database, begun by the raft loop at the snapshot's index, and that database.
+pub struct StagedSnapshot {
+    pub rtx: redb::ReadTransaction,
+    pub backend: Arc<Backend>,
 }
 
 impl Shared {
     fn report_unreachable(&self, id: u64) {
         if let Ok(mut u) = self.unreachable.lock() {
             u.insert(id);
+        }
+    }
+
+    fn report_snapshot(&self, id: u64, delivered: bool) {
+        if let Ok(mut r) = self.snapshot_reports.lock() {
+            r.push((id, delivered));
         }
     }
 }
@@ -155,6 +176,17 @@ impl Transport {
         }
     }
 
+    /// Stops sending to every member not in `ids` (after a snapshot replaced the members).
+    pub fn retain_peers(&self, ids: impl IntoIterator<Item = u64>) {
+        let keep: HashSet<u64> = ids.into_iter().collect();
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.retain(|id, _| keep.contains(id));
+        }
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.retain(|id, _| keep.contains(id));
+        }
+    }
+
     /// A client for unary peer calls to member `id` (on its peer URLs), connecting on first use
     /// and reusing the channel after that (tonic reconnects it when it breaks).
     pub async fn client(&self, id: u64) -> Result<PeerClient<Channel>> {
@@ -208,8 +240,22 @@ impl Transport {
         };
         for m in msgs {
             let to = m.to;
+            let cut = |urls: &[String]| self.faults.as_ref().is_some_and(|f| f.is_cut(urls));
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                match peers.get(&to) {
+                    Some((urls, _)) if !cut(urls) => self.send_snapshot(m, urls.clone()),
+                    _ => {
+                        if let Ok(mut s) = self.shared.staged.lock() {
+                            s.remove(&to);
+                        }
+                        self.shared.report_snapshot(to, false);
+                        self.shared.report_unreachable(to);
+                    }
+                }
+                continue;
+            }
             match peers.get(&to) {
-                Some((urls, _)) if self.faults.as_ref().is_some_and(|f| f.is_cut(urls)) => {
+                Some((urls, _)) if cut(urls) => {
                     self.shared.report_unreachable(to);
                 }
                 Some((_, q)) => {
@@ -223,6 +269,80 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Stages the state the next MsgSnapshot to member `to` carries (replacing an unsent one).
+    pub fn stage_snapshot(&self, to: u64, staged: StagedSnapshot) {
+        if let Ok(mut s) = self.shared.staged.lock() {
+            s.insert(to, staged);
+        }
+    }
+
+    /// Snapshots sent (or failed) since the last call: (member, delivered), for
+    /// `RawNode::report_snapshot`.
+    pub fn take_snapshot_reports(&self) -> Vec<(u64, bool)> {
+        match self.shared.snapshot_reports.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Streams MsgSnapshot `m` with its staged state to the member at `urls`, on its own task:
+    /// a snapshot can take long, and the member's other messages must not wait behind it.
+    fn send_snapshot(&self, m: Message, urls: Vec<String>) {
+        let to = m.to;
+        let staged = self
+            .shared
+            .staged
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&to));
+        let Some(staged) = staged else {
+            tracing::warn!(
+                remote_peer_id = format!("{to:x}"),
+                "no state staged for a raft snapshot; it is not sent"
+            );
+            self.shared.report_snapshot(to, false);
+            return;
+        };
+        let header = RaftEnvelope {
+            cluster_id: self.cluster,
+            from: self.local,
+            to,
+            messages: Vec::new(),
+        };
+        let tls = self.tls.clone();
+        let shared = self.shared.clone();
+        self.rt.spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let started = Instant::now();
+            tracing::info!(
+                remote_peer_id = format!("{to:x}"),
+                snapshot_index = index,
+                "sending database snapshot"
+            );
+            match stream_snapshot(m, header, staged, &urls, tls.as_ref()).await {
+                Ok(bytes) => {
+                    tracing::info!(
+                        remote_peer_id = format!("{to:x}"),
+                        snapshot_index = index,
+                        bytes,
+                        took = ?started.elapsed(),
+                        "sent database snapshot"
+                    );
+                    shared.report_snapshot(to, true);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        remote_peer_id = format!("{to:x}"),
+                        snapshot_index = index,
+                        error = %e,
+                        "failed to send database snapshot; the leader retries"
+                    );
+                    shared.report_snapshot(to, false);
+                }
+            }
+        });
     }
 
     /// Since when the stream to member `id` has been working (`None`: it is not).
@@ -448,6 +568,77 @@ async fn connect_endpoint(
     connected.map_err(|e| format!("{url}: {}", error_chain(&e)))
 }
 
+/// Writes the staged state to a file and streams it, after `m` in `header`, to the member at
+/// `urls`; returns the bytes of state sent.
+async fn stream_snapshot(
+    mut m: Message,
+    mut header: RaftEnvelope,
+    staged: StagedSnapshot,
+    urls: &[String],
+    tls: Option<&Tls>,
+) -> std::result::Result<u64, String> {
+    let file = tokio::task::spawn_blocking(move || {
+        crate::snapshot::create_from(staged.rtx, &staged.backend)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let total = std::fs::metadata(file.path())
+        .map_err(|e| format!("cannot stat {}: {e}", file.path().display()))?
+        .len();
+    m.mut_snapshot().data = Default::default();
+    header.messages = vec![m.write_to_bytes().map_err(|e| e.to_string())?];
+    let channel = connect(urls, tls).await?;
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    // The reader owns the file (deleted when dropped) until the last chunk is queued.
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(file.path())
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", file.path().display()))?;
+        let mut first = Some(header);
+        loop {
+            let mut data = vec![0; SNAPSHOT_CHUNK];
+            let mut n = 0;
+            while n < data.len() {
+                match f.read(&mut data[n..]).await {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Err(format!("cannot read {}: {e}", file.path().display())),
+                }
+            }
+            data.truncate(n);
+            let chunk = SnapshotChunk {
+                total_bytes: if first.is_some() { total } else { 0 },
+                header: first.take(),
+                data,
+            };
+            if tx.send(chunk).await.is_err() {
+                return Err("the snapshot stream closed".to_owned());
+            }
+            if n < SNAPSHOT_CHUNK {
+                return Ok(());
+            }
+        }
+    });
+    let sent = PeerClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .snapshot(ReceiverStream::new(rx))
+        .await;
+    let read = reader.await.map_err(|e| e.to_string())?;
+    sent.map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))?;
+    read?;
+    Ok(total)
+}
+
+/// Where a member keeps a raft snapshot received at `index` until raft installs it: next to
+/// the database (`<data-dir>/concord/`).
+pub fn received_snapshot_path(backend: &Backend, index: u64) -> std::path::PathBuf {
+    backend
+        .path()
+        .with_file_name(format!("snap-{index:016x}.redb"))
+}
+
 fn code_name(c: tonic::Code) -> String {
     format!("{c:?}")
 }
@@ -566,6 +757,82 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(StreamAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> std::result::Result<Response<SnapshotAck>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let env = first
+            .header
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no header"))?;
+        self.check(env)?;
+        let m = match env.messages.as_slice() {
+            [b] => Message::parse_from_bytes(b)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot header carries exactly one raft message",
+                ));
+            }
+        };
+        if m.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "the snapshot header is not a MsgSnapshot",
+            ));
+        }
+        let index = m.get_snapshot().get_metadata().index;
+        let path = received_snapshot_path(&self.backend, index);
+        let tmp = path.with_extension("tmp");
+        let started = Instant::now();
+        tracing::info!(
+            remote_peer_id = format!("{:x}", env.from),
+            snapshot_index = index,
+            bytes = first.total_bytes,
+            "receiving database snapshot"
+        );
+        let total = first.total_bytes;
+        let received = async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            let mut got = first.data.len() as u64;
+            f.write_all(&first.data).await?;
+            while let Some(chunk) = stream.message().await.map_err(std::io::Error::other)? {
+                got += chunk.data.len() as u64;
+                f.write_all(&chunk.data).await?;
+            }
+            if got != total {
+                return Err(std::io::Error::other(format!(
+                    "the stream ended after {got} of {total} bytes"
+                )));
+            }
+            f.sync_all().await?;
+            tokio::fs::rename(&tmp, &path).await
+        }
+        .await;
+        if let Err(e) = received {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Status::unavailable(format!(
+                "cannot receive the snapshot: {e}"
+            )));
+        }
+        tracing::info!(
+            remote_peer_id = format!("{:x}", env.from),
+            snapshot_index = index,
+            bytes = total,
+            took = ?started.elapsed(),
+            "received and saved database snapshot"
+        );
+        if self.raft.send(Msg::Step(m)).is_err() {
+            return Err(Error::Stopped.into());
+        }
+        Ok(Response::new(SnapshotAck {}))
     }
 
     async fn members(

@@ -107,6 +107,19 @@ impl WatchHub {
         });
     }
 
+    /// The store was replaced by a raft snapshot at revisions `revs`: the events between the
+    /// old head and the new one exist only on disk, so the ring starts over after the new head
+    /// and watchers behind it catch up from disk (or learn their revision was compacted), as
+    /// etcd's watchable store moves its synced watchers to unsynced on restore.
+    pub fn reset(&self, revs: Revs) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            ring.events.clear();
+            ring.first_rev = revs.current + 1;
+        }
+        self.publish(Vec::new(), revs);
+    }
+
     /// The last compaction revision as of the last publish.
     pub fn compact_rev(&self) -> i64 {
         self.compact.load(Ordering::Acquire)

@@ -52,10 +52,17 @@ impl Cluster {
     /// A concord cluster whose network can be cut with [`Cluster::partition`]: every member
     /// reads its peer fault file (see `concord_store::fault`).
     pub fn start_partitionable(size: usize) -> Result<Cluster> {
+        Cluster::start_partitionable_with(size, &[])
+    }
+
+    /// Like [`Cluster::start_partitionable`], with extra flags for every member.
+    pub fn start_partitionable_with(size: usize, extra_args: &[&str]) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("concord-test-faults-")
             .tempdir()?;
-        Cluster::launch(ServerKind::Concord, size, false, Some(dir), |_, _, b| Ok(b))
+        Cluster::launch(ServerKind::Concord, size, false, Some(dir), |_, _, b| {
+            Ok(b.args(extra_args))
+        })
     }
 
     fn fault_file(dir: &Path, member: usize) -> PathBuf {

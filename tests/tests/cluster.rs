@@ -12,7 +12,7 @@
 //! refusals, then a follower moved to a new peer URL receiving writes only through it), and a
 //! removed member restarted on its old data dir being refused by the others and stopping, and
 //! a follower whose data dir is wiped being removed, re-added under the same name and catching
-//! up (concord replays the whole raft log to it: it does not compact its log yet).
+//! up by snapshot (`snapshot_catchup.rs` has the other snapshot cases).
 //!
 //! Every wait is on a condition with a generous deadline; nothing asserts on timing. Every test
 //! name contains `cluster`, so nextest runs them one at a time (`.config/nextest.toml`).
@@ -1128,14 +1128,22 @@ fn cluster3_removed_member_restart_is_refused_and_stops_etcd35() -> Result<()> {
 }
 
 /// A member whose data dir is lost: removed, re-added under the same name and peer URL, and
-/// restarted empty with `--initial-cluster-state=existing`; it catches up with every write.
+/// restarted empty with `--initial-cluster-state=existing`; it catches up with every write, by
+/// snapshot (the log is kept short, so the writes compact it).
 fn wiped_member_rejoins(kind: ServerKind) -> Result<()> {
-    let mut cluster = Cluster::start(kind, 3)?;
+    let mut cluster = Cluster::start_with(
+        kind,
+        3,
+        &[
+            "--snapshot-count=100",
+            "--experimental-snapshot-catchup-entries=20",
+        ],
+    )?;
     let eps = cluster.endpoints();
     let rt = runtime()?;
     rt.block_on(async {
-        for i in 0..50 {
-            put(&eps[i % 3], &format!("/wipe/{i:02}"), "before").await?;
+        for i in 0..300 {
+            put(&eps[i % 3], &format!("/wipe/{i:03}"), "before").await?;
         }
         Ok::<_, anyhow::Error>(())
     })?;
@@ -1188,7 +1196,7 @@ fn wiped_member_rejoins(kind: ServerKind) -> Result<()> {
                         .await?
                         .into_inner()
                         .count;
-                    Ok((n == 51).then_some(()))
+                    Ok((n == 301).then_some(()))
                 }
             },
         )
@@ -1201,6 +1209,11 @@ fn wiped_member_rejoins(kind: ServerKind) -> Result<()> {
         );
         Ok(())
     })?;
+    let log = std::fs::read_to_string(cluster.members[v].stderr_path())?;
+    ensure!(
+        log.contains("applied snapshot"),
+        "the re-added member caught up without a snapshot: the log was not compacted"
+    );
     let (_, list, _) = ctl(&ep, &["member", "list"])?;
     ensure!(
         list.lines().filter(|l| l.contains(", started, ")).count() == 3 && !list.contains(&id),
