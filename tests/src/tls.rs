@@ -196,6 +196,29 @@ impl TestPki {
         )
     }
 
+    /// A server (and peer) certificate with common name `cn` for the DNS names `dns` (wildcards
+    /// such as `*.svc.ns.svc` allowed), `127.0.0.1` and `localhost`, usable for server and client
+    /// authentication: what a Kubernetes TLS Secret for pods behind a headless Service holds.
+    pub fn dns_cert(&self, cn: &str, dns: &[String]) -> Result<CertPair> {
+        let mut sans = vec![
+            SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
+            SanType::DnsName("localhost".try_into()?),
+        ];
+        for d in dns {
+            sans.push(SanType::DnsName(d.as_str().try_into()?));
+        }
+        self.sign(
+            cn,
+            cn,
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            false,
+        )
+    }
+
     /// A client certificate with common name `cn` (etcd's user name under client-cert-auth).
     pub fn client_cert(&self, cn: &str) -> Result<CertPair> {
         self.sign(

@@ -12,8 +12,8 @@
 //!
 //! Every wait is on a condition (EtcdCluster status, pods, member lists), never a fixed sleep.
 //! Every test name contains `serial`. CI runs the concord image's scenarios and, as the etcd 3.5
-//! smoke set, the create scenario with the etcd 3.5 image; the other etcd 3.5 image runs are
-//! `#[ignore]`d and run by `tests/k8s/run-e2e.sh`.
+//! smoke set, the create and the client-and-peer TLS scenarios with the etcd 3.5 image; the other
+//! etcd 3.5 image runs are `#[ignore]`d and run by `tests/k8s/run-e2e.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use concord_store::proto::etcdserverpb::kv_client::KvClient;
 use concord_store::proto::etcdserverpb::{PutRequest, RangeRequest};
+use concord_tests::Etcdctl;
 use concord_tests::k8s::e2e::{E2e, wait_until};
 use concord_tests::ledger::channel;
+use concord_tests::tls::TestPki;
 use serde_json::Value;
 
 const CONCORD_IMAGE: &str = "ghcr.io/concord/concord:dev";
@@ -379,6 +381,156 @@ fn k8s_operator_scale_3_5_3_1_serial() -> Result<()> {
 #[ignore = "etcd 3.5 image; tests/k8s/run-e2e.sh runs it"]
 fn k8s_operator_etcd35_scale_3_5_3_1_serial() -> Result<()> {
     scale_up_down(ETCD_IMAGE)
+}
+
+/// etcdctl 3.5 over `https` to `endpoint`, verifying members with `ca`: success and stdout.
+fn ctl_tls(endpoint: &str, ca: &std::path::Path, args: &[&str]) -> Result<(bool, String)> {
+    let mut all = vec![
+        "--dial-timeout=2s".to_owned(),
+        "--command-timeout=5s".to_owned(),
+        format!("--cacert={}", ca.display()),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let out = Etcdctl::V35.run_with_timeout(endpoint, &all, None, Duration::from_secs(30))?;
+    if !out.success() {
+        eprintln!("etcdctl {}: {}", all.join(" "), out.stderr_text());
+    }
+    Ok((out.success(), out.stdout_text()))
+}
+
+/// Client and peer TLS from two Secrets (certificates of a test CA for the members' DNS names):
+/// the operator reads the client Secret and bootstraps, grows to 3 (learners added and promoted
+/// over `https`) and shrinks to 2 (leader moved, member removed) while members talk to each
+/// other over mutually authenticated `https`; clients with the CA read and write through every
+/// member. A missing Secret first blocks the cluster with `ClientTlsSecretInvalid`.
+fn tls_cluster(image: &str) -> Result<()> {
+    let mut e2e = E2e::start("tls")?;
+    if e2e.real_cluster() {
+        eprintln!("skipped: members are reached by their DNS names over https only here");
+        return Ok(());
+    }
+    let ns = e2e.namespace().to_owned();
+    let pki = TestPki::new()?;
+    let mut dns = vec![
+        format!("*.tl.{ns}.svc"),
+        format!("*.tl.{ns}.svc.cluster.local"),
+    ];
+    // Peers check that a peer's certificate names the address it connects from: by IP
+    // (127.0.0.1) or by a name that resolves to it (wildcards cannot be resolved).
+    dns.extend((0..3).map(|k| format!("tl-{k}.tl.{ns}.svc.cluster.local")));
+    let client = pki.dns_cert("tl-client", &dns)?;
+    let peer = pki.dns_cert("tl-peer", &dns)?;
+    e2e.start_operator()?;
+    e2e.apply(&cluster_manifest(
+        "tl",
+        image,
+        3,
+        "  tls: {clientSecretName: tl-client, peerSecretName: tl-peer}\n",
+    ))?;
+    wait_until(
+        "ClientTlsSecretInvalid while the Secret is missing",
+        CONVERGE,
+        || {
+            let c = e2e.get("etcdcluster", "tl")?;
+            Ok(c.and_then(|c| {
+                c["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Degraded" && c["reason"] == "ClientTlsSecretInvalid")
+                    .then_some(())
+            }))
+        },
+    )?;
+    ensure!(
+        e2e.get("statefulset", "tl")?.is_none(),
+        "a StatefulSet was made without the client TLS Secret"
+    );
+    for (secret, pair) in [("tl-client", &client), ("tl-peer", &peer)] {
+        e2e.ok(&[
+            "create",
+            "secret",
+            "generic",
+            secret,
+            &format!("--from-file=ca.crt={}", pki.ca.display()),
+            &format!("--from-file=tls.crt={}", pair.cert.display()),
+            &format!("--from-file=tls.key={}", pair.key.display()),
+        ])?;
+    }
+    let status = e2e.wait_available("tl", 3, CONVERGE)?;
+    ensure!(status_members(&status) == pod_names("tl", 3), "{status}");
+    ensure!(
+        status["members"]
+            .as_array()
+            .is_some_and(
+                |ms| ms
+                    .iter()
+                    .all(|m| m["peerURL"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with(&format!(
+                            "https://{}.tl.{ns}.svc.cluster.local:2380",
+                            m["name"].as_str().unwrap_or_default()
+                        ))))
+            ),
+        "peer URLs: {status}"
+    );
+    let ep = |k: u32| format!("https://tl-{k}.tl.{ns}.svc.cluster.local:2379");
+    for k in 0..3 {
+        let (ok, _) = ctl_tls(&ep(k), &pki.ca, &["put", &format!("/tls/{k}"), "v"])?;
+        ensure!(ok, "put through tl-{k} over https");
+    }
+    let (ok, out) = ctl_tls(&ep(2), &pki.ca, &["member", "list", "-w", "simple"])?;
+    ensure!(
+        ok && out.lines().count() == 3 && out.lines().all(|l| l.matches("https://").count() == 2),
+        "member list: {out}"
+    );
+    // Plain text is refused by the https listener, and a client with another CA does not trust it.
+    let plain = Etcdctl::V35.run_with_timeout(
+        &format!("http://tl-0.tl.{ns}.svc.cluster.local:2379"),
+        ["--dial-timeout=2s", "--command-timeout=4s", "get", "/tls/0"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        !plain.success(),
+        "plain text accepted: {}",
+        plain.stdout_text()
+    );
+    let (ok, _) = ctl_tls(&ep(0), &pki.other_ca, &["get", "/tls/0"])?;
+    ensure!(!ok, "a client trusting another CA connected");
+
+    // Shrink over TLS: leadership moves if needed, the member goes; the data stays.
+    e2e.ok(&[
+        "patch",
+        "etcdcluster",
+        "tl",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ])?;
+    let status = e2e.wait_available("tl", 2, CONVERGE)?;
+    ensure!(status_members(&status) == pod_names("tl", 2), "{status}");
+    for k in 0..2 {
+        let (ok, out) = ctl_tls(
+            &ep(k),
+            &pki.ca,
+            &["get", "/tls/", "--prefix", "--keys-only"],
+        )?;
+        ensure!(
+            ok && out.split_whitespace().collect::<Vec<_>>() == ["/tls/0", "/tls/1", "/tls/2"],
+            "keys on tl-{k}: {out}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn k8s_operator_client_and_peer_tls_serial() -> Result<()> {
+    tls_cluster(CONCORD_IMAGE)
+}
+
+#[test]
+fn k8s_operator_etcd35_client_and_peer_tls_serial() -> Result<()> {
+    tls_cluster(ETCD_IMAGE)
 }
 
 /// Member names and ids from the etcd member list, read through `endpoint`.

@@ -1,7 +1,8 @@
 //! One pod on the stand-in node: turning a container spec into a local process (which binary the
 //! image stands for, `$(VAR)` expansion, env from values, fields, ConfigMaps and Secrets, volume
 //! mounts mapped to host dirs, the wildcard and loopback addresses mapped to the pod's own
-//! address), running and restarting it, and probing it.
+//! address), running and restarting it, and probing it (HTTP; HTTPS the kubelet's way, with curl,
+//! verifying nothing and presenting no certificate; TCP; exec).
 //!
 //! This module decides nothing about scheduling or pod lifecycle (that is [`super::node`]); it
 //! never sends traffic anywhere but the pod's own loopback address.
@@ -109,6 +110,9 @@ pub(crate) enum ProbeAction {
     Http {
         addr: (Ipv4Addr, u16),
         path: String,
+        /// `scheme: HTTPS`: TLS without verifying the certificate and without a client
+        /// certificate, as the kubelet probes.
+        https: bool,
     },
     Tcp {
         addr: (Ipv4Addr, u16),
@@ -129,7 +133,16 @@ impl ProbePlan {
     pub async fn run(&self) -> bool {
         let fut = async {
             match &self.action {
-                ProbeAction::Http { addr, path } => http_probe(*addr, path).await,
+                ProbeAction::Http {
+                    addr,
+                    path,
+                    https: false,
+                } => http_probe(*addr, path).await,
+                ProbeAction::Http {
+                    addr,
+                    path,
+                    https: true,
+                } => https_probe(*addr, path, self.timeout).await,
                 ProbeAction::Tcp { addr } => tokio::net::TcpStream::connect(*addr).await.is_ok(),
                 ProbeAction::Exec { program, args, env } => {
                     let mut cmd = tokio::process::Command::new(program);
@@ -175,6 +188,27 @@ async fn http_probe(addr: (Ipv4Addr, u16), path: &str) -> bool {
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (200..400).contains(&code)
+}
+
+/// An HTTPS probe with curl: no certificate check, no client certificate (the kubelet's way).
+async fn https_probe(addr: (Ipv4Addr, u16), path: &str, timeout: Duration) -> bool {
+    let url = format!("https://{}:{}{path}", addr.0, addr.1);
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(timeout.as_secs().max(1).to_string())
+        .args(["-A", "kube-probe/1.20"])
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let Ok(out) = out else { return false };
+    let code: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
         .unwrap_or(0);
     (200..400).contains(&code)
 }
@@ -387,6 +421,11 @@ pub(crate) async fn plan_container(
             ProbeAction::Http {
                 addr: (host(&h.host), port(&h.port)?),
                 path: h.path.clone().unwrap_or_else(|| "/".to_owned()),
+                https: match h.scheme.as_deref() {
+                    None | Some("HTTP") => false,
+                    Some("HTTPS") => true,
+                    Some(other) => bail!("probe scheme {other} in container {}", c.name),
+                },
             }
         } else if let Some(t) = &p.tcp_socket {
             ProbeAction::Tcp {
