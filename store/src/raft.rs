@@ -15,8 +15,13 @@
 //! request arriving while no leader is known waits up to [`RaftConfig::leader_wait`] for one,
 //! then fails with `etcdserver: no leader`. ReadIndex contexts carry the member id (the leader
 //! keys pending reads by context) and are re-sent every [`READ_INDEX_RETRY`] until answered,
-//! since a new leader drops reads until it commits an entry of its term. Log snapshots are
-//! never sent: a member that needs one stays behind (logged) until snapshot shipping lands.
+//! since a new leader drops reads until it commits an entry of its term.
+//!
+//! Snapshots: the log is compacted every `--snapshot-count` applied entries, keeping
+//! `--experimental-snapshot-catchup-entries`. A member that needs an entry before that gets a
+//! snapshot: [`LogStore`] stages the applied state with the transport, which streams it; the
+//! member's peer service saves it and steps the MsgSnapshot, and `on_ready` installs it in the
+//! same transaction as the Ready's entries and hard state.
 //!
 //! Durability: the entries of a Ready, its hard state and the committed entries it carries go
 //! into ONE redb write transaction with immediate durability (one fsync per batch, shared by all

@@ -5,9 +5,9 @@
 //! It owns the member's identity (member and cluster ids) and the response header. It never
 //! touches redb tables directly except through `mvcc::ReadView` (and `membership` for the
 //! member list). It sets up the peer transport for the raft loop, and calls the leader itself
-//! only for what only the leader knows: lease keep-alives and time-to-live (the leader's lessor,
-//! over the peer service, [`crate::transport::LeaderLeases`]) and learner promotion (whether the
-//! learner caught up, over the leader's client URL).
+//! only for what only the leader knows, over the peer service ([`crate::transport::LeaderCalls`]):
+//! lease keep-alives and time-to-live (the leader's lessor) and learner promotion (whether the
+//! learner caught up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,6 @@ use crate::proto::concordpb::peer_client::PeerClient;
 use crate::proto::concordpb::{
     InternalRequest, LeaseCheckpoints, MemberAttrSet, internal_request::Request,
 };
-use crate::proto::etcdserverpb::cluster_client::ClusterClient;
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentResponse, HashKvRequest,
     HashKvResponse, HashResponse, alarm_request::AlarmAction,
@@ -42,9 +41,11 @@ use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::proto::etcdserverpb::{MemberPromoteRequest, MemberUpdateRequest};
+use crate::proto::etcdserverpb::{
+    MemberPromoteRequest, MemberPromoteResponse, MemberUpdateRequest,
+};
 use crate::raft::{Msg, RaftConfig, RaftHandle, RaftStatus};
-use crate::transport::{LeaderLeases, PeerService, Transport};
+use crate::transport::{LeaderCalls, PeerService, Transport};
 use crate::watch::WatchHub;
 use raft::prelude::{ConfChange, ConfChangeType};
 
@@ -408,8 +409,9 @@ impl EtcdServer {
         }
     }
 
-    /// Runs a lease request where the leader's lessor answers it: `local` when this member
-    /// leads, else `forward` to the leader over the peer transport. As etcd's forwarding loop,
+    /// Runs a request only the leader answers (its lessor, its view of the learners'
+    /// progress): `local` when this member leads, else `forward` to the leader over the peer
+    /// transport. As etcd's forwarding loop,
     /// it asks again every 50 ms while there is no leader, the leader's lessor is not primary
     /// yet or the leader cannot be reached, up to the request timeout.
     async fn at_leader<T, L, LF, F, FF>(&self, local: L, forward: F) -> Result<T>
@@ -438,7 +440,7 @@ impl EtcdServer {
             match result {
                 Err(e @ (Error::NotLeader | Error::NoLeader | Error::Raft(_) | Error::Timeout)) => {
                     if tokio::time::Instant::now() >= deadline {
-                        tracing::warn!(error = %e, leader = format!("{leader:x}"), "lease request found no leader to answer it");
+                        tracing::warn!(error = %e, leader = format!("{leader:x}"), "request found no leader to answer it");
                         return Err(Error::Timeout);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -924,6 +926,17 @@ impl EtcdServer {
     /// Promotes learner `id` to a voter; returns the new list. Only the leader knows whether
     /// the learner caught up, so another member forwards the request to the leader.
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>> {
+        let resp = self
+            .at_leader(
+                || self.promote_as_leader(id),
+                |mut c| async move { c.member_promote(MemberPromoteRequest { id }).await },
+            )
+            .await?;
+        Ok(resp.members)
+    }
+
+    /// The leader's side of a promotion: etcd's checks, then the conf change.
+    async fn promote_as_leader(&self, id: u64) -> Result<MemberPromoteResponse> {
         let members = self.members()?;
         let Some(m) = members.iter().find(|m| m.id == id) else {
             return Err(Error::MemberNotFound);
@@ -934,7 +947,7 @@ impl EtcdServer {
         let (tx, rx) = oneshot::channel();
         self.raft.send(Msg::Progress { reply: tx })?;
         let Some(progress) = rx.await.map_err(|_| Error::Stopped)? else {
-            return self.forward_promote(id, &members).await;
+            return Err(Error::NotLeader);
         };
         let leader_match = progress.get(&self.cfg.member_id).copied().unwrap_or(0);
         let learner_match = progress.get(&id).copied().unwrap_or(0);
@@ -955,7 +968,10 @@ impl EtcdServer {
         })
         .await?;
         tracing::info!(member_id = format!("{id:x}"), "promoted learner to voter");
-        self.members()
+        Ok(MemberPromoteResponse {
+            header: None,
+            members: self.members()?,
+        })
     }
 
     /// etcd's `MoveLeader`: on the leader only, hands leadership to voting member `transferee`
@@ -1013,37 +1029,6 @@ impl EtcdServer {
         let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
         self.connected_since_health_interval(&voters) == voters.len()
     }
-
-    /// Asks the leader (on its client URLs) to promote `id`.
-    async fn forward_promote(&self, id: u64, members: &[Member]) -> Result<Vec<Member>> {
-        let leader = self.raft.status().leader;
-        let Some(urls) = members
-            .iter()
-            .find(|m| m.id == leader)
-            .map(|m| m.client_ur_ls.clone())
-        else {
-            return Err(Error::NoLeader);
-        };
-        for url in urls {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else {
-                continue;
-            };
-            let Ok(channel) = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(self.cfg.request_timeout)
-                .connect()
-                .await
-            else {
-                continue;
-            };
-            let mut client = ClusterClient::new(channel);
-            return match client.member_promote(MemberPromoteRequest { id }).await {
-                Ok(r) => Ok(r.into_inner().members),
-                Err(s) => Err(Error::from_status(&s)),
-            };
-        }
-        Err(Error::Timeout)
-    }
 }
 
 /// etcd's `HealthInterval`: how long members must have been connected before a membership
@@ -1088,7 +1073,7 @@ fn ready_to_promote(members: &[Member]) -> bool {
 }
 
 #[tonic::async_trait]
-impl LeaderLeases for EtcdServer {
+impl LeaderCalls for EtcdServer {
     async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
         EtcdServer::renew_as_leader(self, id).await
     }
@@ -1098,6 +1083,10 @@ impl LeaderLeases for EtcdServer {
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
         EtcdServer::time_to_live_as_leader(self, req).await
+    }
+
+    async fn promote_as_leader(&self, id: u64) -> Result<MemberPromoteResponse> {
+        EtcdServer::promote_as_leader(self, id).await
     }
 }
 

@@ -18,8 +18,15 @@
 //! stops, as etcd's rafthttp does with HTTP 410) and hands
 //! each decoded message to the raft loop as [`Msg::Step`]. It also answers `Members` (the
 //! members table and cluster id), which a member joining with `--initial-cluster-state=existing`
-//! asks of the others through [`fetch_members`], and the lease keep-alives and time-to-live
-//! queries that followers forward to the leader ([`LeaderLeases`], [`Transport::client`]).
+//! asks of the others through [`fetch_members`], and the lease keep-alives, time-to-live
+//! queries and learner promotions that followers forward to the leader ([`LeaderCalls`],
+//! [`Transport::client`]).
+//!
+//! Snapshots: a MsgSnapshot does not go on the stream. Its state, staged by the raft log
+//! ([`Transport::stage_snapshot`]), is written to a file and streamed in chunks over a
+//! `Snapshot` call of its own; the outcome goes back to raft
+//! ([`Transport::take_snapshot_reports`]). The receiving member saves the file
+//! ([`received_snapshot_path`]) before it steps the message.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Sender;
@@ -45,7 +52,7 @@ use crate::proto::concordpb::{
 };
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    Member,
+    Member, MemberPromoteRequest, MemberPromoteResponse,
 };
 use crate::raft::Msg;
 use crate::tls::Tls;
@@ -654,10 +661,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The lease requests other members forward to this one while it leads (the server answers
-/// them from its lessor, never forwarding again).
+/// The requests other members forward to this one while it leads: lease requests (answered
+/// from its lessor) and learner promotions (it alone tracks the learner's progress). The
+/// server answers them itself, never forwarding again.
 #[tonic::async_trait]
-pub trait LeaderLeases: Send + Sync + 'static {
+pub trait LeaderCalls: Send + Sync + 'static {
     /// A keep-alive of lease `id`; [`Error::NotLeader`] unless this member's lessor is primary.
     async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse>;
     /// A time-to-live query; [`Error::NotLeader`] unless this member's lessor is primary.
@@ -665,34 +673,36 @@ pub trait LeaderLeases: Send + Sync + 'static {
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse>;
+    /// A learner promotion; [`Error::NotLeader`] unless this member leads.
+    async fn promote_as_leader(&self, id: u64) -> Result<MemberPromoteResponse>;
 }
 
-/// The `concordpb.Peer` service of one member: incoming raft messages, the member list, and
-/// lease requests forwarded to the leader.
+/// The `concordpb.Peer` service of one member: incoming raft messages and snapshots, the member
+/// list, and the lease requests and promotions forwarded to the leader.
 pub struct PeerService {
     local: u64,
     cluster: u64,
     raft: Sender<Msg>,
     backend: Arc<Backend>,
-    leases: Arc<dyn LeaderLeases>,
+    leader: Arc<dyn LeaderCalls>,
 }
 
 impl PeerService {
     /// The service of member `local` in cluster `cluster`, stepping messages into `raft`,
-    /// listing the members of `backend` and answering forwarded lease requests with `leases`.
+    /// listing the members of `backend` and answering forwarded requests with `leader`.
     pub fn new(
         local: u64,
         cluster: u64,
         raft: Sender<Msg>,
         backend: Arc<Backend>,
-        leases: Arc<dyn LeaderLeases>,
+        leader: Arc<dyn LeaderCalls>,
     ) -> PeerService {
         PeerService {
             local,
             cluster,
             raft,
             backend,
-            leases,
+            leader,
         }
     }
 
@@ -850,7 +860,7 @@ impl Peer for PeerService {
         req: Request<LeaseKeepAliveRequest>,
     ) -> std::result::Result<Response<LeaseKeepAliveResponse>, Status> {
         let id = req.into_inner().id;
-        Ok(Response::new(self.leases.renew_as_leader(id).await?))
+        Ok(Response::new(self.leader.renew_as_leader(id).await?))
     }
 
     async fn lease_time_to_live(
@@ -859,8 +869,16 @@ impl Peer for PeerService {
     ) -> std::result::Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
         Ok(Response::new(
-            self.leases.time_to_live_as_leader(req).await?,
+            self.leader.time_to_live_as_leader(req).await?,
         ))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> std::result::Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        Ok(Response::new(self.leader.promote_as_leader(id).await?))
     }
 }
 

@@ -749,12 +749,15 @@ fn learner_lifecycle(kind: ServerKind) -> Result<()> {
         "etcdserver: rpc not supported for learner",
     )?;
 
-    // Promote once it has caught up.
+    // Promote once it has caught up, through a follower: only the leader knows the learner's
+    // progress, so the follower forwards the request.
+    let leader = rt.block_on(cluster.agreed_leader(&[0, 1, 2]))?;
+    let via = cluster.members[(leader + 1) % 3].endpoint();
     let promoted = rt.block_on(wait_for(
         "the learner's promotion",
         Duration::from_secs(30),
         || {
-            let (ep, id) = (ep.clone(), id.clone());
+            let (ep, id) = (via.clone(), id.clone());
             async move {
                 let (ok, out, err) = ctl(&ep, &["member", "promote", &id])?;
                 if ok {
