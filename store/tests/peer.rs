@@ -10,20 +10,20 @@ use concord_store::backend::Backend;
 use concord_store::proto::concordpb::RaftEnvelope;
 use concord_store::proto::concordpb::peer_client::PeerClient;
 use concord_store::proto::etcdserverpb::{
-    LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
 use concord_store::raft::Msg;
-use concord_store::transport::{LeaderLeases, PeerService, Transport, serve_peers};
+use concord_store::transport::{LeaderCalls, PeerService, Transport, serve_peers};
 use raft::eraftpb::{Message, MessageType};
 use tokio::net::TcpListener;
 
 const CLUSTER: u64 = 0xc1;
 
-/// A member that never holds the primary lessor.
+/// A member that never leads.
 struct NoLessor;
 
 #[tonic::async_trait]
-impl LeaderLeases for NoLessor {
+impl LeaderCalls for NoLessor {
     async fn renew_as_leader(
         &self,
         _: i64,
@@ -34,6 +34,12 @@ impl LeaderLeases for NoLessor {
         &self,
         _: LeaseTimeToLiveRequest,
     ) -> concord_store::error::Result<LeaseTimeToLiveResponse> {
+        Err(concord_store::error::Error::NotLeader)
+    }
+    async fn promote_as_leader(
+        &self,
+        _: u64,
+    ) -> concord_store::error::Result<MemberPromoteResponse> {
         Err(concord_store::error::Error::NotLeader)
     }
 }
