@@ -23,11 +23,11 @@
 //! member's peer service saves it and steps the MsgSnapshot, and `on_ready` installs it in the
 //! same transaction as the Ready's entries and hard state.
 //!
-//! Durability: the entries of a Ready, its hard state and the committed entries it carries go
-//! into ONE redb write transaction with immediate durability (one fsync per batch, shared by all
-//! proposals that arrived meanwhile: group commit). Entries committed by the light ready are
-//! applied in a second, non-durable transaction: they are already durable in the log, and the
-//! applied index travels with their effects, so replay after a crash redoes exactly what was
+//! Durability: the entries of a Ready, its hard state, the committed entries it carries and
+//! those that persisting it commits (the light ready's) go into ONE redb write transaction with
+//! immediate durability (one fsync per batch, shared by all proposals that arrived meanwhile:
+//! group commit); nothing is answered or sent that depends on it before it commits. The
+//! applied index travels with the effects, so replay after a crash redoes exactly what was
 //! lost. This module must never interpret requests; `apply` (key-value, leases) and
 //! `membership` (members) do; the loop only routes each entry to one of them.
 
@@ -823,7 +823,11 @@ impl Driver {
         }
         // 3-5. Committed entries, new entries and hard state: one transaction, durable when
         // raft needs it (new entries, term or vote); a Ready that only carries read states
-        // touches no storage at all.
+        // touches no storage at all. The entries that persisting this Ready commits (the light
+        // ready's: on a lone member, all of them) are applied in the same transaction: raft
+        // counts the append as persisted before the commit, but nothing leaves this member
+        // (replies, persisted messages) until the commit is done, and the append and the
+        // applies are durable together or not at all.
         let mut replies = Vec::new();
         let needs_write = ready.must_sync()
             || ready.hs().is_some()
@@ -852,11 +856,21 @@ impl Driver {
         if let Some(hs) = ready.hs() {
             let mut hs = hs.clone();
             hs.commit = hs.commit.max(self.applied);
-            wtx.open_table(RAFT_STATE)?
-                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             self.node.mut_store().wl().set_hardstate(hs);
         }
-        if needs_write || installed.is_some() {
+        // 6. Messages that need the append to be durable: sent after the commit below.
+        let persisted = ready.take_persisted_messages();
+        let mut light = self.node.advance_append(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().wl().mut_hard_state().commit = commit;
+        }
+        let committed = light.take_committed_entries();
+        let committed_more = !committed.is_empty();
+        let applied_more = self.apply_committed(&wtx, committed, &mut replies)?;
+        if needs_write || committed_more || installed.is_some() {
+            let hs = self.node.store().rl().hard_state().clone();
+            wtx.open_table(RAFT_STATE)?
+                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
             wtx.commit()?;
         } else {
             wtx.abort()?;
@@ -865,28 +879,10 @@ impl Driver {
             self.installed_snapshot(installed)?;
         }
         self.publish_events(applied);
+        self.publish_events(applied_more);
         send_replies(replies);
-        // 6. Messages that needed the append to be durable.
-        self.transport.send(ready.take_persisted_messages());
-        let mut light = self.node.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.node.mut_store().wl().mut_hard_state().commit = commit;
-        }
+        self.transport.send(persisted);
         self.transport.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        if !committed.is_empty() {
-            let mut replies = Vec::new();
-            let mut wtx = self.backend.db().begin_write()?;
-            wtx.set_durability(Durability::None)
-                .map_err(|e| Error::Storage(e.to_string()))?;
-            let applied = self.apply_committed(&wtx, committed, &mut replies)?;
-            let hs = self.node.store().rl().hard_state().clone();
-            wtx.open_table(RAFT_STATE)?
-                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
-            wtx.commit()?;
-            self.publish_events(applied);
-            send_replies(replies);
-        }
         self.node.advance_apply();
         self.maybe_compact_log()?;
         self.publish();
