@@ -210,18 +210,22 @@ impl EtcdCluster {
             .list(&ListParams::default().labels(&children::selector_string(self)))
             .await?;
         let observed_pods = self.observed_pods(&pod_list.items);
-        let pvc_ordinals = if self.spec.storage.empty_dir {
-            vec![]
+        let (pvc_terminating, pvc_ordinals): (Vec<_>, Vec<_>) = if self.spec.storage.empty_dir {
+            (vec![], vec![])
         } else {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
             pvcs.list(&ListParams::default().labels(&children::selector_string(self)))
                 .await?
                 .items
                 .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .filter_map(|p| names.pvc_ordinal(&p.name_any()))
-                .collect()
+                .filter_map(|p| {
+                    let k = names.pvc_ordinal(&p.name_any())?;
+                    Some((p.metadata.deletion_timestamp.is_some(), k))
+                })
+                .partition(|(deleting, _)| *deleting)
         };
+        let pvc_ordinals: Vec<u32> = pvc_ordinals.into_iter().map(|(_, k)| k).collect();
+        let pvc_terminating: Vec<u32> = pvc_terminating.into_iter().map(|(_, k)| k).collect();
 
         let obs = Observation {
             desired: self.spec.replicas,
@@ -244,6 +248,8 @@ impl EtcdCluster {
                 .map(|r| r.max(0) as u32),
             pods: observed_pods,
             pvc_ordinals,
+            pvc_terminating,
+            uses_pvcs: !self.spec.storage.empty_dir,
             delete_pvcs_when_scaled: self.spec.pvc_retention_policy.when_scaled
                 == PvcPolicy::Delete,
             bootstrapped: status.cluster_id.is_some() || seen.cluster_id.is_some(),

@@ -9,7 +9,12 @@
 //! - scale down: `MoveLeader` (if the victim leads) -> `Remove` -> `SetReplicas(k)` ->
 //!   `DeletePvc(k)` when the retention policy says so;
 //! - repair of a member whose pod keeps failing while the member is unreachable:
-//!   `RemoveForRepair` -> `Wipe` (delete its pod and claim) -> `AddLearner` -> ... -> `Promote`;
+//!   `RemoveForRepair` -> `Wipe` (delete its claim, then its pod) -> `AddLearner` -> ... ->
+//!   `Promote`. With claims, the StatefulSet controller recreates the pod at once, while the old
+//!   claim is still being deleted (it is protected until the old pod is gone); such a pod is never
+//!   scheduled and, once the old claim is gone, never gets a new one. So the wipe waits until the
+//!   old claim is gone, then deletes the pod made in the meantime (another `Wipe`), and is done
+//!   when the ordinal has a live claim and a pod other than the one recorded.
 //! - bootstrap: `Bootstrap` (one member), then scale up.
 //!
 //! Only the repair needs the recorded step: after the removal, a pod without a member below
@@ -68,8 +73,12 @@ pub struct Observation {
     pub statefulset_replicas: Option<u32>,
     /// Member pods that exist (terminating ones excluded).
     pub pods: Vec<ObservedPod>,
-    /// Ordinals of the data claims that exist.
+    /// Ordinals of the data claims that exist (being deleted ones excluded).
     pub pvc_ordinals: Vec<u32>,
+    /// Ordinals of the data claims that are being deleted.
+    pub pvc_terminating: Vec<u32>,
+    /// Members keep their data in claims (not emptyDir).
+    pub uses_pvcs: bool,
     /// `pvcRetentionPolicy.whenScaled == Delete`.
     pub delete_pvcs_when_scaled: bool,
     /// The cluster bootstrapped at some point (status has a cluster ID).
@@ -120,7 +129,7 @@ pub enum Step {
         /// The member is removed to be wiped and added again, not scaled away.
         repair: bool,
     },
-    /// Delete the pod (only if it still has this UID) and the claim of a removed member.
+    /// Delete the claim of a removed member, then its pod (only if it still has this UID).
     Wipe {
         /// Ordinal.
         ordinal: u32,
@@ -264,15 +273,40 @@ pub fn plan(obs: &Observation) -> Step {
                         };
                     }
                 }
-                Action::Wipe => {
+                Action::Wipe if member_at(k).is_none() => {
                     if let (Some(p), Some(uid)) = (pod(k), op.pod_uid.as_deref())
                         && p.uid == uid
-                        && member_at(k).is_none()
                     {
                         return Step::Wipe {
                             ordinal: k,
                             pod_uid: Some(p.uid.clone()),
                         };
+                    }
+                    if obs.uses_pvcs && k < sts {
+                        if obs.pvc_terminating.contains(&k) {
+                            return Step::Wait {
+                                reason: "ClaimDeleting",
+                                message: format!(
+                                    "waiting for the old claim of wiped member #{k} to be deleted"
+                                ),
+                            };
+                        }
+                        if !obs.pvc_ordinals.contains(&k) {
+                            return match pod(k) {
+                                // Made while the old claim was being deleted: it can never run.
+                                Some(p) => Step::Wipe {
+                                    ordinal: k,
+                                    pod_uid: Some(p.uid.clone()),
+                                },
+                                None => Step::Wait {
+                                    reason: "PodRecreating",
+                                    message: format!(
+                                        "waiting for the StatefulSet to recreate wiped member \
+                                         #{k} with a new claim"
+                                    ),
+                                },
+                            };
+                        }
                     }
                 }
                 _ => {}
@@ -488,6 +522,8 @@ mod tests {
             statefulset_replicas: Some(n),
             pods: (0..n).map(pod).collect(),
             pvc_ordinals: (0..n).collect(),
+            pvc_terminating: vec![],
+            uses_pvcs: true,
             delete_pvcs_when_scaled: false,
             bootstrapped: true,
             known_members: n,
@@ -740,6 +776,39 @@ mod tests {
                 want: Step::AddLearner { ordinal: 1 },
             },
             TestCase {
+                name: "wipe on claims: the pod made while the old claim was deleted is deleted",
+                obs: {
+                    let mut o = Observation {
+                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
+                        ..steady(3)
+                    };
+                    members_mut(&mut o).remove(1);
+                    o.pods[1].uid = "uid-1b".into();
+                    o.pods[1].ready = false;
+                    o.pvc_ordinals.retain(|&k| k != 1);
+                    o
+                },
+                want: Step::Wipe {
+                    ordinal: 1,
+                    pod_uid: Some("uid-1b".into()),
+                },
+            },
+            TestCase {
+                name: "wipe on emptyDir: no claim to wait for, re-add",
+                obs: {
+                    let mut o = Observation {
+                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
+                        uses_pvcs: false,
+                        pvc_ordinals: vec![],
+                        ..steady(3)
+                    };
+                    members_mut(&mut o).remove(1);
+                    o.pods[1].uid = "uid-1b".into();
+                    o
+                },
+                want: Step::AddLearner { ordinal: 1 },
+            },
+            TestCase {
                 name: "a member removed by hand (no record) is added back",
                 obs: {
                     let mut o = steady(3);
@@ -929,6 +998,36 @@ mod tests {
                 Box::new(blocked("NoLeaderTarget")),
             ),
             (
+                "wipe on claims: the old claim is still being deleted",
+                {
+                    let mut o = Observation {
+                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
+                        ..steady(3)
+                    };
+                    members_mut(&mut o).remove(1);
+                    o.pods[1].uid = "uid-1b".into();
+                    o.pods[1].ready = false;
+                    o.pvc_ordinals.retain(|&k| k != 1);
+                    o.pvc_terminating = vec![1];
+                    o
+                },
+                Box::new(wait("ClaimDeleting")),
+            ),
+            (
+                "wipe on claims: claim and pod gone, the StatefulSet recreates both",
+                {
+                    let mut o = Observation {
+                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
+                        ..steady(3)
+                    };
+                    members_mut(&mut o).remove(1);
+                    o.pods.remove(1);
+                    o.pvc_ordinals.retain(|&k| k != 1);
+                    o
+                },
+                Box::new(wait("PodRecreating")),
+            ),
+            (
                 "converged membership, one member unhealthy: wait, not converged",
                 {
                     let mut o = steady(3);
@@ -980,6 +1079,36 @@ mod tests {
         }
     }
 
+    /// Repair on claims: the pod recreated while the old claim is being deleted is never
+    /// scheduled; the planner waits for the claim to go, deletes that pod, and re-adds the member
+    /// only on a new claim, under every crash point.
+    #[test]
+    fn repair_with_claims_converges_on_a_new_claim_under_crashes() {
+        for crash_at in 0..30 {
+            for broken in [1u32, 2] {
+                let mut sim = Sim::with_claims(3, broken);
+                sim.run(3, Some(crash_at));
+                let why = format!("member {broken}, crash at {crash_at}");
+                assert_eq!(sim.members.len(), 3, "{why}");
+                assert!(sim.members.iter().all(|m| m.healthy && !m.learner), "{why}");
+                let (_, generation, deleting) = sim.claim(broken).unwrap();
+                assert!(
+                    deleting == 0 && generation != broken,
+                    "{why}: old claim kept"
+                );
+                assert!(
+                    sim.waited_for_claim,
+                    "{why}: never saw the claim being deleted"
+                );
+                assert_eq!(sim.broken, None, "{why}");
+                assert!(
+                    sim.pods.iter().all(|p| !sim.held.contains(&p.uid)),
+                    "{why}: a pod was left unscheduled"
+                );
+            }
+        }
+    }
+
     /// A toy cluster: membership, StatefulSet replicas, pods, and a status record.
     struct Sim {
         members: Vec<ObservedMember>,
@@ -988,8 +1117,17 @@ mod tests {
         pending: Option<Operation>,
         next_id: u64,
         next_uid: u32,
-        /// Ordinal whose data is damaged until its pod is wiped.
+        /// Ordinal whose data is damaged until its pod is wiped (emptyDir) or it gets a new claim.
         broken: Option<u32>,
+        /// Members keep data in claims: `(ordinal, generation, settles since its deletion began
+        /// (0: not being deleted))`.
+        claims: Option<Vec<(u32, u32, u32)>>,
+        /// The claim generation whose data is damaged (with claims).
+        broken_claim: Option<u32>,
+        /// Pods never scheduled: made while their claim was being deleted.
+        held: Vec<String>,
+        /// The planner waited for a claim being deleted.
+        waited_for_claim: bool,
     }
 
     impl Sim {
@@ -1003,26 +1141,82 @@ mod tests {
                 next_id: 0x200,
                 next_uid: 100,
                 broken: None,
+                claims: None,
+                broken_claim: None,
+                held: vec![],
+                waited_for_claim: false,
             }
         }
 
-        /// Pods follow the StatefulSet; pods start their member.
+        /// A cluster of `n` members on claims, member `broken`'s data damaged.
+        fn with_claims(n: u32, broken: u32) -> Sim {
+            let mut sim = Sim::new(n);
+            sim.claims = Some((0..n).map(|k| (k, k, 0)).collect());
+            sim.broken = Some(broken);
+            sim.broken_claim = Some(broken);
+            sim
+        }
+
+        fn claim(&self, k: u32) -> Option<(u32, u32, u32)> {
+            self.claims.as_ref()?.iter().copied().find(|c| c.0 == k)
+        }
+
+        /// Pods follow the StatefulSet (which makes a missing claim before the pod, and reuses a
+        /// claim being deleted, as the 1.20 controller does); pods start their member. Claims
+        /// being deleted go once no scheduled pod uses them, after the pods were recreated (the
+        /// race that matters).
         fn settle(&mut self) {
             self.pods.retain(|p| p.ordinal < self.sts);
             for k in 0..self.sts {
                 if !self.pods.iter().any(|p| p.ordinal == k) {
                     self.next_uid += 1;
+                    let uid = format!("uid-{}", self.next_uid);
+                    let existing = self.claim(k);
+                    if let Some(claims) = &mut self.claims {
+                        match existing {
+                            None => {
+                                self.next_uid += 1;
+                                claims.push((k, self.next_uid, 0));
+                            }
+                            Some((_, _, 0)) => {}
+                            Some(_) => self.held.push(uid.clone()),
+                        }
+                    }
                     self.pods.push(ObservedPod {
                         ordinal: k,
-                        uid: format!("uid-{}", self.next_uid),
+                        uid,
                         ready: true,
                         failing: false,
                     });
                 }
             }
+            if let Some(claims) = &mut self.claims {
+                // The protection goes one settle after the last scheduled user.
+                let pods = &self.pods;
+                let held = &self.held;
+                for c in claims.iter_mut().filter(|c| c.2 > 0) {
+                    let used = pods
+                        .iter()
+                        .any(|p| p.ordinal == c.0 && !held.contains(&p.uid));
+                    c.2 = if used { 1 } else { c.2 + 1 };
+                }
+                claims.retain(|c| c.2 < 3);
+            }
+            if let Some(claims) = &self.claims {
+                // The damage lives in its claim.
+                self.broken = self
+                    .broken_claim
+                    .and_then(|g| claims.iter().find(|c| c.1 == g))
+                    .map(|c| c.0);
+            }
+            let held = self.held.clone();
+            let runs = |pods: &[ObservedPod], k: u32| {
+                pods.iter()
+                    .any(|p| p.ordinal == k && !held.contains(&p.uid))
+            };
             for m in &mut self.members {
                 let k = m.ordinal.unwrap();
-                let has_pod = self.pods.iter().any(|p| p.ordinal == k);
+                let has_pod = runs(&self.pods, k);
                 let broken = self.broken == Some(k);
                 m.healthy = has_pod && !broken;
                 if has_pod && !broken {
@@ -1031,7 +1225,8 @@ mod tests {
             }
             for p in &mut self.pods {
                 let broken = self.broken == Some(p.ordinal);
-                p.ready = !broken;
+                let held = self.held.contains(&p.uid);
+                p.ready = !broken && !held;
                 p.failing = broken;
             }
             if !self.members.iter().any(|m| m.leader)
@@ -1047,7 +1242,21 @@ mod tests {
                 members: Some(self.members.clone()),
                 statefulset_replicas: Some(self.sts),
                 pods: self.pods.clone(),
-                pvc_ordinals: vec![],
+                pvc_ordinals: self
+                    .claims
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.2 == 0)
+                    .map(|c| c.0)
+                    .collect(),
+                pvc_terminating: self
+                    .claims
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.2 > 0)
+                    .map(|c| c.0)
+                    .collect(),
+                uses_pvcs: self.claims.is_some(),
                 delete_pvcs_when_scaled: false,
                 bootstrapped: true,
                 known_members: self.members.len() as u32,
@@ -1061,6 +1270,15 @@ mod tests {
                 let step = plan(&self.observe(desired));
                 if step == Step::Converged {
                     return;
+                }
+                if matches!(
+                    step,
+                    Step::Wait {
+                        reason: "ClaimDeleting",
+                        ..
+                    }
+                ) {
+                    self.waited_for_claim = true;
                 }
                 // Record first, as the controller does.
                 if let Some(op) = step.operation("t") {
@@ -1115,13 +1333,25 @@ mod tests {
                     }
                     self.members.retain(|o| o.id != *id);
                 }
-                Step::Wipe { ordinal, .. } => {
-                    self.pods.retain(|p| p.ordinal != *ordinal);
-                    if self.broken == Some(*ordinal) {
+                Step::Wipe { ordinal, pod_uid } => {
+                    // The claim first (protected while a scheduled pod uses it), then the pod
+                    // with the recorded UID.
+                    if let Some(claims) = &mut self.claims {
+                        for c in claims.iter_mut().filter(|c| c.0 == *ordinal && c.2 == 0) {
+                            c.2 = 1;
+                        }
+                    }
+                    self.pods
+                        .retain(|p| !(p.ordinal == *ordinal && Some(&p.uid) == pod_uid.as_ref()));
+                    if self.claims.is_none() && self.broken == Some(*ordinal) {
                         self.broken = None;
                     }
                 }
                 Step::DeletePvc { .. } => {}
+                Step::Wait {
+                    reason: "ClaimDeleting" | "PodRecreating",
+                    ..
+                } => {}
                 other => panic!("unexpected step {other:?}"),
             }
         }

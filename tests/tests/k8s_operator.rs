@@ -636,6 +636,13 @@ fn wiped_data_dir(image: &str) -> Result<()> {
         data.display()
     );
     let uid = pod_uid(&e2e, "wp-2")?.context("wp-2 pod")?;
+    let claim_uid = |e2e: &E2e| -> Result<Option<(String, bool)>> {
+        Ok(e2e.get("pvc", "data-wp-2")?.and_then(|c| {
+            let uid = c["metadata"]["uid"].as_str()?.to_owned();
+            Some((uid, !c["metadata"]["deletionTimestamp"].is_null()))
+        }))
+    };
+    let (old_claim, _) = claim_uid(&e2e)?.context("claim data-wp-2")?;
     // The member loses its disk: the data dir goes while the process still runs, then the pod
     // is deleted so that the next instance starts on the empty dir.
     std::fs::remove_dir_all(&data)?;
@@ -667,7 +674,22 @@ fn wiped_data_dir(image: &str) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    ensure!(data.is_dir(), "the repaired member has no data dir");
+    // The repair replaced the claim: the old one (protected while its pod ran) is gone, and the
+    // member's data lives on the new claim's volume.
+    let (new_claim, deleting) = claim_uid(&e2e)?.context("no claim data-wp-2 after repair")?;
+    ensure!(
+        new_claim != old_claim && !deleting,
+        "claim data-wp-2 after repair: {new_claim} (was {old_claim}), being deleted: {deleting}"
+    );
+    let new_data = node
+        .pvc_dir(&ns, "data-wp-2")
+        .context("no PVC dir for the new data-wp-2")?
+        .join("data");
+    ensure!(
+        new_data != data && new_data.is_dir(),
+        "the repaired member has no data dir on its new claim ({})",
+        new_data.display()
+    );
     Ok(())
 }
 

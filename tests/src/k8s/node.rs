@@ -5,7 +5,9 @@
 //! polls the pods of every namespace (level-triggered, so a restarted apiserver or a missed event
 //! changes nothing):
 //!
-//! - binds each unscheduled pod of the default scheduler to itself (`pods/binding`);
+//! - binds each unscheduled pod of the default scheduler to itself (`pods/binding`), unless one of
+//!   its PersistentVolumeClaims is missing or being deleted (the 1.20 scheduler's volume binding
+//!   check: such a pod stays Pending, so it does not hold a terminating claim);
 //! - gives each of its pods a fresh `127.x` address (reported as `podIP`), resolves the pod's
 //!   volumes (a PersistentVolumeClaim is a dir per claim UID that outlives the pod; emptyDir, and
 //!   ConfigMap and Secret files, a per-pod dir removed with the pod), runs init containers to
@@ -428,7 +430,10 @@ async fn tick(
                 .as_deref()
                 .unwrap_or("default-scheduler");
             if !deleting && scheduler == "default-scheduler" {
-                bind(ctx, client, &ns, &name).await?;
+                match unschedulable_claim(client, &ns, spec).await? {
+                    None => bind(ctx, client, &ns, &name).await?,
+                    Some(why) => ctx.log(&format!("not binding {ns}/{name}: {why}")),
+                }
             }
             continue;
         }
@@ -508,6 +513,37 @@ async fn tick(
     Ok(())
 }
 
+/// Why the scheduler would not place a pod with these volumes: a PersistentVolumeClaim that does
+/// not exist or is being deleted.
+async fn unschedulable_claim(
+    client: &kube::Client,
+    ns: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<Option<String>> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    for v in spec.volumes.iter().flatten() {
+        let Some(pvc) = &v.persistent_volume_claim else {
+            continue;
+        };
+        match claims.get_opt(&pvc.claim_name).await? {
+            None => {
+                return Ok(Some(format!(
+                    "persistentvolumeclaim \"{}\" not found",
+                    pvc.claim_name
+                )));
+            }
+            Some(c) if c.metadata.deletion_timestamp.is_some() => {
+                return Ok(Some(format!(
+                    "persistentvolumeclaim \"{}\" is being deleted",
+                    pvc.claim_name
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(None)
+}
+
 async fn bind(ctx: &NodeCtx, client: &kube::Client, ns: &str, name: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let binding = Binding {
@@ -585,6 +621,12 @@ async fn start_pod(ctx: &NodeCtx, client: &kube::Client, pod: &Pod) -> Result<Po
             let claim = claims.get_opt(&pvc.claim_name).await?.with_context(|| {
                 format!("PersistentVolumeClaim {ns}/{} not found", pvc.claim_name)
             })?;
+            if claim.metadata.deletion_timestamp.is_some() {
+                anyhow::bail!(
+                    "PersistentVolumeClaim {ns}/{} is being deleted",
+                    pvc.claim_name
+                );
+            }
             let claim_uid = claim.metadata.uid.unwrap_or_default();
             let d = ctx
                 .root
