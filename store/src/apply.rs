@@ -51,16 +51,13 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 /// Applies one raft entry's payload. Returns the proposal id (0 if the payload is not a
 /// client request) and the outcome; a failed request leaves the state untouched.
 pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Applied>) {
-    let req = match InternalRequest::decode(data).map_err(Error::from) {
+    let mut req = match InternalRequest::decode(data).map_err(Error::from) {
         Ok(r) => r,
         Err(e) => return (0, Err(e)),
     };
     // A client request made with credentials: checked against the auth store (etcd's
     // authApplierV3) before anything else.
-    let (req, who) = match crate::auth::unwrap_proposal(req) {
-        Ok(r) => r,
-        Err(e) => return (0, Err(e)),
-    };
+    let who = req.credentials.take();
     if let Some(r) = &req.request
         && let Err(e) = check_alarms(tables, r)
     {
@@ -277,11 +274,8 @@ fn put(tables: &mut WriteTables<'_>, p: &PutRequest) -> Result<PutResponse> {
 }
 
 fn put_in(w: &mut TxnWrite<'_, '_>, p: &PutRequest) -> Result<PutResponse> {
-    let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
-        w.get(&p.key)?
-    } else {
-        None
-    };
+    // One lookup of the key serves the ignore_* options, prev_kv and the new version.
+    let prev = w.get(&p.key)?;
     if (p.ignore_value || p.ignore_lease) && prev.is_none() {
         return Err(Error::KeyNotFound);
     }
@@ -293,10 +287,11 @@ fn put_in(w: &mut TxnWrite<'_, '_>, p: &PutRequest) -> Result<PutResponse> {
         (Some(kv), true) => kv.lease,
         _ => p.lease,
     };
-    w.put(&p.key, value, lease)?;
+    let prev_kv = if p.prev_kv { prev.clone() } else { None };
+    w.put_over(&p.key, value, lease, prev)?;
     Ok(PutResponse {
         header: header(w.rev()),
-        prev_kv: if p.prev_kv { prev } else { None },
+        prev_kv,
     })
 }
 
@@ -525,6 +520,7 @@ mod tests {
         let data = InternalRequest {
             id: 7,
             request: Some(req),
+            credentials: None,
         }
         .encode_to_vec();
         let wtx = b.db().begin_write().unwrap();

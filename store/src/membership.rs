@@ -285,6 +285,7 @@ mod tests {
         let data = InternalRequest {
             id: 5,
             request: Some(Request::MemberAttrSet(attr.clone())),
+            credentials: None,
         }
         .encode_to_vec();
         assert_eq!(peek(&data), Some((5, MemberRequest::AttrSet(attr))));
@@ -295,6 +296,7 @@ mod tests {
                 value: vec![1; 100],
                 ..Default::default()
             })),
+            credentials: None,
         }
         .encode_to_vec();
         assert_eq!(peek(&put), None);

@@ -747,6 +747,7 @@ impl EtcdServer {
         let data = InternalRequest {
             id,
             request: Some(request),
+            credentials: None,
         }
         .encode_to_vec();
         let (tx, rx) = oneshot::channel();

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::mvcc::WriteTables;
 use crate::proto::authpb::{Role, User, UserAddOptions};
 use crate::proto::concordpb::{
-    AuthedRequest, AuthenticateEntry, SimpleTokenRecord, internal_request::Request,
+    AuthenticateEntry, Credentials, SimpleTokenRecord, internal_request::Request,
 };
 use crate::proto::etcdserverpb::{TxnRequest, request_op};
 
@@ -93,7 +93,7 @@ pub fn has_root_role(u: &User) -> bool {
 }
 
 /// Why a request's credentials are not enough (or `Ok`), for the entries that carry them.
-pub fn check_entry(tables: &WriteTables<'_>, who: &AuthedRequest, req: &Request) -> Result<()> {
+pub fn check_entry(tables: &WriteTables<'_>, who: &Credentials, req: &Request) -> Result<()> {
     let auth = &tables.auth;
     if !enabled(&auth.meta)? {
         return Ok(());
@@ -139,7 +139,7 @@ pub fn check_entry(tables: &WriteTables<'_>, who: &AuthedRequest, req: &Request)
 /// etcd's permission checks for one request, with the user's permissions loaded once.
 struct Checker<'a, 't> {
     tables: &'a WriteTables<'t>,
-    who: &'a AuthedRequest,
+    who: &'a Credentials,
     /// (user exists and has the root role, merged permissions), loaded on first use.
     perms: Option<Option<(bool, UserPerms)>>,
 }

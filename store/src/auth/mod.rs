@@ -11,9 +11,9 @@
 //!   reads (Range, Watch create, LeaseTimeToLive keys) are checked by the member that serves
 //!   them, after its linearizable read barrier; writes (Put, DeleteRange, Txn and every op and
 //!   compare in it, LeaseRevoke) and auth management (root only) are checked by the applier
-//!   against the credentials the entry carries ([`concordpb::AuthedRequest`]), so a request
-//!   made with an older auth revision fails with `etcdserver: revision of auth store is old`
-//!   and a revoked permission takes effect at once on every member.
+//!   against the credentials the entry carries (its `concordpb::Credentials` field), so a
+//!   request made with an older auth revision fails with `etcdserver: revision of auth store
+//!   is old` and a revoked permission takes effect at once on every member.
 //!
 //! The api layer resolves a request's credentials (the `token` metadata, `authorization` for
 //! the JSON gateway, or the verified client certificate's common name with
@@ -42,7 +42,7 @@ use crate::backend::{AUTH, AUTH_ROLES, AUTH_TOKENS, AUTH_USERS, Backend};
 use crate::error::{Error, Result};
 use crate::proto::authpb::{Role, User};
 use crate::proto::concordpb::{
-    AuthedRequest, InternalRequest, SimpleTokenRecord, internal_request::Request,
+    Credentials, InternalRequest, SimpleTokenRecord, internal_request::Request,
 };
 use crate::server::EtcdServer;
 
@@ -131,38 +131,19 @@ pub fn current_credentials() -> Option<AuthInfo> {
     CREDENTIALS.try_with(Clone::clone).ok()
 }
 
-/// The raft payload of a proposal: `request` wrapped with the credentials of the client
-/// request being served, or bare when the member proposes on its own.
+/// The raft payload of a proposal: `request` with the credentials of the client request being
+/// served, or none when the member proposes on its own. The credentials are a field of the
+/// request, so a proposal is encoded (and decoded by the applier) once.
 pub fn wrap_proposal(id: u64, request: Request) -> InternalRequest {
-    let inner = InternalRequest {
+    InternalRequest {
         id,
         request: Some(request),
-    };
-    match CREDENTIALS.try_with(Clone::clone) {
-        Ok(who) => InternalRequest {
-            id,
-            request: Some(Request::Authed(AuthedRequest {
-                username: who.username,
+        credentials: CREDENTIALS
+            .try_with(|who| Credentials {
+                username: who.username.clone(),
                 auth_revision: who.revision,
-                request: inner.encode_to_vec(),
-            })),
-        },
-        Err(_) => inner,
-    }
-}
-
-/// Unwraps an `authed` request: the inner request and the credentials it carries.
-pub fn unwrap_proposal(req: InternalRequest) -> Result<(InternalRequest, Option<AuthedRequest>)> {
-    match req.request {
-        Some(Request::Authed(mut a)) => {
-            let inner = InternalRequest::decode(a.request.as_slice())?;
-            if matches!(inner.request, Some(Request::Authed(_))) {
-                return Err(Error::Raft("nested authed request".into()));
-            }
-            a.request.clear();
-            Ok((inner, Some(a)))
-        }
-        _ => Ok((req, None)),
+            })
+            .ok(),
     }
 }
 
