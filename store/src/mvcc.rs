@@ -440,39 +440,37 @@ impl TxnWrite<'_, '_> {
             .transpose()
     }
 
-    fn record(&mut self, key: &[u8], kv: &KeyValue, prev: Option<&KeyValue>) -> Result<()> {
+    /// Stores `kv` (its `key` field empty; `key` is the key) at the next revision and records
+    /// its event with `prev`, the previous live version. Encodes the value once and moves
+    /// `kv` and `prev` into the event: this is the hot path of every write.
+    fn record(&mut self, key: &[u8], mut kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
+        debug_assert!(kv.key.is_empty());
         let new_rev = (self.tables.current + 1) as u64;
-        let old_lease = prev.map_or(0, |p| p.lease);
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != 0 && old_lease != kv.lease {
             self.tables.lease_keys.remove((old_lease, key))?;
         }
         if kv.lease != 0 && kv.lease != old_lease {
             self.tables.lease_keys.insert((kv.lease, key), ())?;
         }
-        let mut stored = kv.clone();
-        stored.key.clear();
-        let bytes = stored.encode_to_vec();
-        if kv.version > 0 {
+        let bytes = kv.encode_to_vec();
+        let kind = if kv.version > 0 {
             self.tables.latest.insert(key, bytes.as_slice())?;
+            EventType::Put
         } else {
             self.tables.latest.remove(key)?;
-        }
+            EventType::Delete
+        };
         self.tables
             .history
             .insert((key, new_rev), bytes.as_slice())?;
         self.tables.changes.insert((new_rev, self.sub), key)?;
         self.sub += 1;
-        let kind = if kv.version > 0 {
-            EventType::Put
-        } else {
-            EventType::Delete
-        };
-        let mut kv = kv.clone();
         kv.key = key.to_vec();
         self.tables.events.push(Event {
             r#type: kind as i32,
             kv: Some(kv),
-            prev_kv: prev.cloned(),
+            prev_kv: prev,
         });
         Ok(())
     }
@@ -494,8 +492,33 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.record(key, &kv, prev.as_ref())?;
+        let stored = KeyValue {
+            key: Vec::new(),
+            ..kv.clone()
+        };
+        self.record(key, stored, prev.clone())?;
         Ok((kv, prev))
+    }
+
+    /// Writes `key` over `prev`, its live version as [`TxnWrite::get`] returned it in this
+    /// request (the caller already looked it up, so the key is read once per put).
+    pub fn put_over(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        prev: Option<KeyValue>,
+    ) -> Result<()> {
+        let new_rev = self.tables.current + 1;
+        let kv = KeyValue {
+            key: Vec::new(),
+            create_revision: prev.as_ref().map_or(new_rev, |p| p.create_revision),
+            mod_revision: new_rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.record(key, kv, prev)
     }
 
     /// Deletes every live key in `interval`; returns what was deleted.
@@ -511,7 +534,7 @@ impl TxnWrite<'_, '_> {
                 mod_revision: new_rev,
                 ..Default::default()
             };
-            self.record(&kv.key, &tomb, Some(kv))?;
+            self.record(&kv.key, tomb, Some(kv.clone()))?;
         }
         Ok(found)
     }
