@@ -7,8 +7,10 @@
 //! `range` (linearizable) and `range-s` (serializable) over a prefilled key space, `txn-put`
 //! (a guarded update: read, then a txn on the key's mod revision), `watch` (fan-out: events per
 //! second and put-to-event latency) and `lease` (grants and keep-alives). After the workloads,
-//! the server's peak resident memory and data dir size are read. Figures are noisy: compare
-//! servers within one run only.
+//! the server's peak resident memory and data dir size are read. `put3` then starts a fresh
+//! 3-member cluster of the same server on loopback (same flags; with `--pin` every member on
+//! CPU 0) and runs the put workload, with `--clients` clients and with one, against its leader
+//! (etcd benchmark's `--target-leader`). Figures are noisy: compare servers within one run only.
 //!
 //! Build optimised binaries first: `cargo build --release --bins`, then
 //! `target/release/concord-bench --pin` (it uses `target/release/concord` when present).
@@ -25,7 +27,7 @@ use concord_store::proto::etcdserverpb::{
     TxnRequest, WatchCreateRequest, WatchRequest, compare, kv_client::KvClient,
     lease_client::LeaseClient, request_op, watch_client::WatchClient, watch_request,
 };
-use concord_tests::{Server, ServerKind};
+use concord_tests::{Cluster, Server, ServerKind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -36,11 +38,11 @@ struct Args {
     /// Servers to compare, in order: concord, etcd35, etcd34.
     #[arg(long, value_delimiter = ',', default_value = "concord,etcd35")]
     servers: Vec<String>,
-    /// Workloads: put, put1, range, range-s, txn-put, watch, lease.
+    /// Workloads: put, put1, range, range-s, txn-put, watch, lease, put3 (3-member cluster).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "put,put1,range,range-s,txn-put,watch,lease"
+        default_value = "put,put1,range,range-s,txn-put,watch,lease,put3"
     )]
     workloads: Vec<String>,
     /// Concurrent clients.
@@ -444,10 +446,49 @@ fn pin(pid: i32, cpu: usize) -> Result<()> {
 /// One row of the report: workload, server, figures.
 type Row = (String, String, String);
 
+/// Flags every benchmarked server (and cluster member) gets: a quota the runs cannot reach.
+const SERVER_FLAGS: &[&str] = &["--quota-backend-bytes=8589934592"];
+
+fn fmt_sample(s: &Sample) -> String {
+    format!(
+        "{:>9.0} ops/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  ({} ops in {:.1}s)",
+        s.qps(),
+        s.pct(0.50),
+        s.pct(0.90),
+        s.pct(0.99),
+        s.ops,
+        s.elapsed.as_secs_f64()
+    )
+}
+
+/// The `put3` rows: a fresh 3-member cluster of `kind`, puts against its leader.
+async fn run_cluster(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
+    let cluster = Cluster::start_with(kind, 3, SERVER_FLAGS)?;
+    if args.pin {
+        for m in &cluster.members {
+            pin(m.pid().context("member pid")? as i32, 0)?;
+        }
+    }
+    let leader = cluster.agreed_leader(&[0, 1, 2]).await?;
+    let chans = channels(&cluster.members[leader], args.conns).await?;
+    let name = format!("{kind:?}");
+    let s = put_load(args, &chans, args.clients, args.total).await?;
+    rows.push((
+        format!("put, 3 members, to the leader ({} clients)", args.clients),
+        name.clone(),
+        fmt_sample(&s),
+    ));
+    let s = put_load(args, &chans[..1], 1, (args.total / 10).max(1)).await?;
+    rows.push((
+        "put, 3 members, to the leader (1 client)".to_string(),
+        name,
+        fmt_sample(&s),
+    ));
+    Ok(())
+}
+
 async fn run_server(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
-    let server = Server::builder(kind)
-        .arg("--quota-backend-bytes=8589934592")
-        .start()?;
+    let server = Server::builder(kind).args(SERVER_FLAGS).start()?;
     let pid = server.pid().context("server pid")?;
     if args.pin {
         pin(pid as i32, 0)?;
@@ -456,17 +497,7 @@ async fn run_server(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Resul
     let chans = channels(&server, args.conns).await?;
     let t0 = Instant::now();
     let mut record = |w: &str, s: String| rows.push((w.to_string(), name.clone(), s));
-    let fmt = |s: &Sample| {
-        format!(
-            "{:>9.0} ops/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  ({} ops in {:.1}s)",
-            s.qps(),
-            s.pct(0.50),
-            s.pct(0.90),
-            s.pct(0.99),
-            s.ops,
-            s.elapsed.as_secs_f64()
-        )
-    };
+    let fmt = fmt_sample;
     let want = |w: &str| args.workloads.iter().any(|x| x == w);
     if want("put") {
         let s = put_load(args, &chans, args.clients, args.total).await?;
@@ -546,8 +577,14 @@ fn run(args: Args) -> Result<()> {
             "etcd34" => ServerKind::Etcd34,
             other => bail!("unknown server {other:?}: use concord, etcd35 or etcd34"),
         };
-        eprintln!("benchmarking {kind:?}...");
-        rt.block_on(run_server(&args, kind, &mut rows))?;
+        if args.workloads.iter().any(|w| w != "put3") {
+            eprintln!("benchmarking {kind:?}...");
+            rt.block_on(run_server(&args, kind, &mut rows))?;
+        }
+        if args.workloads.iter().any(|w| w == "put3") {
+            eprintln!("benchmarking a 3-member {kind:?} cluster...");
+            rt.block_on(run_cluster(&args, kind, &mut rows))?;
+        }
     }
     println!(
         "concord-bench: {} clients over {} connections, {} requests, {}-byte keys, {}-byte values, {} keys; {}",
