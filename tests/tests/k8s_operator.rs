@@ -402,8 +402,9 @@ fn ctl_tls(endpoint: &str, ca: &std::path::Path, args: &[&str]) -> Result<(bool,
 /// the operator reads the client Secret and bootstraps, grows to 3 (learners added and promoted
 /// over `https`) and shrinks to 2 (leader moved, member removed) while members talk to each
 /// other over mutually authenticated `https`; clients with the CA read and write through every
-/// member. A missing Secret first blocks the cluster with `ClientTlsSecretInvalid`.
-fn tls_cluster(image: &str) -> Result<()> {
+/// member. A missing Secret first blocks the cluster with `ClientTlsSecretInvalid`. The concord
+/// run uses the chart's RBAC, so its `secrets` grant is what lets the operator read the Secret.
+fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
     let mut e2e = E2e::start("tls")?;
     if e2e.real_cluster() {
         eprintln!("skipped: members are reached by their DNS names over https only here");
@@ -420,7 +421,7 @@ fn tls_cluster(image: &str) -> Result<()> {
     dns.extend((0..3).map(|k| format!("tl-{k}.tl.{ns}.svc.cluster.local")));
     let client = pki.dns_cert("tl-client", &dns)?;
     let peer = pki.dns_cert("tl-peer", &dns)?;
-    e2e.start_operator()?;
+    operator(&mut e2e)?;
     e2e.apply(&cluster_manifest(
         "tl",
         image,
@@ -524,13 +525,13 @@ fn tls_cluster(image: &str) -> Result<()> {
 }
 
 #[test]
-fn k8s_operator_client_and_peer_tls_serial() -> Result<()> {
-    tls_cluster(CONCORD_IMAGE)
+fn k8s_operator_chart_rbac_client_and_peer_tls_serial() -> Result<()> {
+    tls_cluster(CONCORD_IMAGE, start_operator_from_chart)
 }
 
 #[test]
 fn k8s_operator_etcd35_client_and_peer_tls_serial() -> Result<()> {
-    tls_cluster(ETCD_IMAGE)
+    tls_cluster(ETCD_IMAGE, E2e::start_operator)
 }
 
 /// Member names and ids from the etcd member list, read through `endpoint`.
