@@ -389,6 +389,7 @@ pub const ACTED_ON: &[&str] = &[
     "max-txn-ops",
     "quota-backend-bytes",
     "snapshot-count",
+    "experimental-snapshot-catchup-entries",
     "heartbeat-interval",
     "election-timeout",
     "log-level",

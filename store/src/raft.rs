@@ -1047,6 +1047,11 @@ impl Driver {
     /// After a snapshot's install is committed: the lessor, the watch hub and the peer links
     /// start over from the new state, and the file goes.
     fn installed_snapshot(&mut self, installed: crate::snapshot::Installed) -> Result<()> {
+        tracing::info!(
+            applied_index = installed.applied,
+            current_revision = installed.current_rev,
+            "applied snapshot from the leader"
+        );
         self.lessor.reload(&self.backend)?;
         self.hub.reset(Revs {
             current: installed.current_rev as i64,
@@ -1061,11 +1066,6 @@ impl Driver {
             self.removed = true;
         }
         remove_received_snapshots(&self.backend, installed.applied);
-        tracing::info!(
-            applied_index = installed.applied,
-            current_revision = installed.current_rev,
-            "applied snapshot from the leader"
-        );
         Ok(())
     }
 

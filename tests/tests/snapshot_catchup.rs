@@ -33,11 +33,20 @@ const SHORT_LOG: &[&str] = &[
 ];
 
 /// Whether the member's log (stderr) says it applied a snapshot from the leader; concord and
-/// etcd both log "applied snapshot".
-fn applied_snapshot(member: &concord_tests::Server) -> Result<bool> {
-    let log = std::fs::read_to_string(member.stderr_path())
-        .with_context(|| format!("reading {}", member.stderr_path().display()))?;
-    Ok(log.contains("applied snapshot"))
+/// etcd both log "applied snapshot". The line may trail the effects a client sees by a moment,
+/// so this looks for a few seconds.
+async fn applied_snapshot(member: &concord_tests::Server) -> Result<bool> {
+    let path = member.stderr_path().to_owned();
+    let found = wait_for("the log to say so", Duration::from_secs(5), || {
+        let path = path.clone();
+        async move {
+            let log = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(log.contains("applied snapshot").then_some(()))
+        }
+    })
+    .await;
+    Ok(found.is_ok())
 }
 
 /// `(revision, key, is_put)` of the watch events on `prefix` from `start` through `end`, read
@@ -83,9 +92,14 @@ fn follower_behind_compacted_log(kind: ServerKind) -> Result<()> {
             Some(PutOptions::new().with_lease(lease)),
         )
         .await?;
+        // 10 KB values: the state spans several snapshot chunks.
         for i in 0..300 {
-            c.put(format!("/snap/{i:03}"), format!("v{i}"), None)
-                .await?;
+            c.put(
+                format!("/snap/{i:03}"),
+                format!("{i}:{}", "x".repeat(10_000)),
+                None,
+            )
+            .await?;
         }
         // 100 keys deleted in one revision.
         c.delete("/snap/0", Some(DeleteOptions::new().with_prefix()))
@@ -128,7 +142,7 @@ fn follower_behind_compacted_log(kind: ServerKind) -> Result<()> {
         )
         .await?;
         ensure!(
-            applied_snapshot(&cluster.members[f])?,
+            applied_snapshot(&cluster.members[f]).await?,
             "the follower caught up without a snapshot; the log was not compacted"
         );
 
@@ -237,7 +251,7 @@ fn cluster3_partitioned_follower_watch_survives_snapshot_install_concord() -> Re
         let seen = events_until(&mut watch, end).await?;
         check_gapless("the cut-off follower's watcher", &seen, start, end)?;
         ensure!(
-            applied_snapshot(&cluster.members[f])?,
+            applied_snapshot(&cluster.members[f]).await?,
             "the follower caught up without a snapshot; the log was not compacted"
         );
         Ok(())
