@@ -116,6 +116,31 @@ fn member_tls(name: &str, secret: &Secret) -> std::result::Result<MemberTls, Str
     MemberTls::new(ca, Some((cert, tls_key))).map_err(|e| format!("client TLS Secret {name}: {e}"))
 }
 
+/// A member whose peer URL scheme is not the one the spec asks for (`https` with
+/// `spec.tls.peerSecretName`): members cannot switch peer TLS in place, since their peers keep
+/// dialling the URLs in the member list.
+fn peer_scheme_conflict<'a>(
+    names: &Names,
+    members: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
+) -> Option<String> {
+    let want = if names.peer_tls {
+        "https://"
+    } else {
+        "http://"
+    };
+    members.into_iter().find_map(|(name, urls)| {
+        let url = urls.first()?;
+        (!url.starts_with(want)).then(|| {
+            format!(
+                "member {name} has peer URL {url}, but the spec asks for {} peer URLs \
+                 (spec.tls.peerSecretName): peer TLS cannot be switched on a running cluster; \
+                 restore the previous setting",
+                want.trim_end_matches("://")
+            )
+        })
+    })
+}
+
 /// Picks the PodDisruptionBudget API from discovery: `policy/v1`, else `policy/v1beta1`, else
 /// none.
 pub async fn discover_pdb(client: &Client) -> Option<ApiResource> {
@@ -257,11 +282,20 @@ impl EtcdCluster {
             pending: status.pending_operation.clone(),
         };
 
+        // Turning peer TLS on or off under running members would restart them on listeners
+        // their peers no longer reach: nothing is rolled out, the cluster is blocked.
+        let peer_conflict = seen.members.as_ref().and_then(|ms| {
+            peer_scheme_conflict(
+                &names,
+                ms.iter().map(|m| (&m.member.name, &m.member.peer_urls)),
+            )
+        });
+
         // The ConfigMap follows membership whenever members answer (etcd reads it only when
         // its data dir is empty, i.e. when a member joins).
         // A learner being added (recorded, perhaps refused by etcd for now) stays listed, or
         // this write and the step's own would flip the ConfigMap back and forth.
-        if let Some(ms) = &seen.members {
+        if let Some(ms) = seen.members.as_ref().filter(|_| peer_conflict.is_none()) {
             let mut ordinals: BTreeSet<u32> = ms.iter().filter_map(|m| m.ordinal).collect();
             if let Some(op) = &status.pending_operation
                 && op.action == crate::crd::Action::AddLearner
@@ -283,17 +317,22 @@ impl EtcdCluster {
         self.apply_pdb(ctx, voters.max(1)).await?;
         if let Some(sts) = &seen.sts
             && let Some(r) = sts.spec.as_ref().and_then(|s| s.replicas)
+            && peer_conflict.is_none()
         {
             // Template changes (image, resources, flags) roll out; replicas stay as they are.
             self.apply_statefulset(ctx, r.max(0) as u32).await?;
         }
 
-        let step = match tls_problem {
-            Some(message) => Step::Blocked {
+        let step = match (tls_problem, peer_conflict) {
+            (Some(message), _) => Step::Blocked {
                 reason: "ClientTlsSecretInvalid",
                 message,
             },
-            None => planner::plan(&obs),
+            (None, Some(message)) => Step::Blocked {
+                reason: "PeerTlsChangeUnsupported",
+                message,
+            },
+            (None, None) => planner::plan(&obs),
         };
         tracing::info!(cluster = %names.cluster, namespace = %ns, ?step, "planned");
 
@@ -1373,6 +1412,29 @@ mod tests {
         let action = c.reconcile(&ctx).await.unwrap();
         assert_eq!(action, Action::requeue(REQUEUE_BLOCKED));
         api.await.unwrap();
+    }
+
+    #[test]
+    fn switching_peer_tls_under_running_members_is_refused() {
+        let plain = Names::of(&cluster("{}", None));
+        let tls = Names::of(&cluster(r#"{"tls": {"peerSecretName": "p"}}"#, None));
+        let (a, b) = ("c-0".to_owned(), "c-1".to_owned());
+        let http = vec!["http://c-0.c.ns.svc.cluster.local:2380".to_owned()];
+        let https = vec!["https://c-1.c.ns.svc.cluster.local:2380".to_owned()];
+        let none = vec![];
+        assert_eq!(
+            peer_scheme_conflict(&plain, [(&a, &http), (&b, &none)]),
+            None
+        );
+        assert_eq!(peer_scheme_conflict(&tls, [(&b, &https)]), None);
+        let why = peer_scheme_conflict(&tls, [(&b, &https), (&a, &http)]).unwrap();
+        assert!(
+            why.starts_with("member c-0 has peer URL http://c-0.")
+                && why.contains("asks for https peer URLs"),
+            "{why}"
+        );
+        let why = peer_scheme_conflict(&plain, [(&b, &https)]).unwrap();
+        assert!(why.contains("asks for http peer URLs"), "{why}");
     }
 
     #[test]

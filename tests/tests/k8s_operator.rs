@@ -521,6 +521,35 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
             "keys on tl-{k}: {out}"
         );
     }
+
+    // Turning peer TLS off under running members is refused, and nothing rolls out.
+    e2e.ok(&[
+        "patch",
+        "etcdcluster",
+        "tl",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/tls/peerSecretName"}]"#,
+    ])?;
+    wait_until("PeerTlsChangeUnsupported", CONVERGE, || {
+        let c = e2e.get("etcdcluster", "tl")?;
+        Ok(c.and_then(|c| {
+            c["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == "PeerTlsChangeUnsupported")
+                .then_some(())
+        }))
+    })?;
+    let sts = e2e.get("statefulset", "tl")?.context("StatefulSet tl")?;
+    ensure!(
+        sts["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--peer-client-cert-auth=true")),
+        "the StatefulSet template lost peer TLS: {sts}"
+    );
+    let (ok, out) = ctl_tls(&ep(1), &pki.ca, &["get", "/tls/1", "--print-value-only"])?;
+    ensure!(ok && out == "v\n", "get after the refused change: {out}");
     Ok(())
 }
 
