@@ -144,6 +144,7 @@ fn k8s_packaging_and_leader_election_serial() -> Result<()> {
         "deploy/03-operator.yaml",
         "deploy/examples/etcdcluster-3.yaml",
         "deploy/examples/etcdcluster-1-emptydir.yaml",
+        "deploy/examples/etcdcluster-3-tls.yaml",
     ] {
         dry_run(&kubectl, &root.join(f))?;
     }

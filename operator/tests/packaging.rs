@@ -229,6 +229,7 @@ fn deploy_examples_are_valid_etcdclusters() {
     for (file, replicas, empty_dir) in [
         ("deploy/examples/etcdcluster-3.yaml", 3, false),
         ("deploy/examples/etcdcluster-1-emptydir.yaml", 1, true),
+        ("deploy/examples/etcdcluster-3-tls.yaml", 3, false),
     ] {
         let obj = docs(&read(file)).remove(0);
         assert_eq!(obj["apiVersion"], "concord.dev/v1alpha1", "{file}");
