@@ -49,9 +49,9 @@ async fn applied_snapshot(member: &concord_tests::Server) -> Result<bool> {
     Ok(found.is_ok())
 }
 
-/// `(revision, key, is_put)` of the watch events on `prefix` from `start` through `end`, read
-/// through the member at `endpoint`.
-async fn history(endpoint: &str, prefix: &str, start: i64, end: i64) -> Result<Vec<String>> {
+/// `(revision, key)` of the watch events on `prefix` from `start` through `end`, read through
+/// the member at `endpoint`.
+async fn history(endpoint: &str, prefix: &str, start: i64, end: i64) -> Result<Vec<(i64, String)>> {
     let mut c = client(endpoint).await?;
     let mut stream = c
         .watch(
@@ -59,21 +59,7 @@ async fn history(endpoint: &str, prefix: &str, start: i64, end: i64) -> Result<V
             Some(WatchOptions::new().with_prefix().with_start_revision(start)),
         )
         .await?;
-    let mut seen = Vec::new();
-    let mut last = 0;
-    while last < end {
-        let r = tokio::time::timeout(Duration::from_secs(30), stream.message())
-            .await
-            .context("no watch response in 30 s")??
-            .context("watch stream closed")?;
-        ensure!(!r.canceled(), "watch canceled: {}", r.cancel_reason());
-        for e in r.events() {
-            let kv = e.kv().context("event without kv")?;
-            last = kv.mod_revision();
-            seen.push(format!("{}:{:?}:{}", last, e.event_type(), kv.key_str()?));
-        }
-    }
-    Ok(seen)
+    events_until(&mut stream, end).await
 }
 
 fn follower_behind_compacted_log(kind: ServerKind) -> Result<()> {
