@@ -10,11 +10,12 @@
 //!   `DeletePvc(k)` when the retention policy says so;
 //! - repair of a member whose pod keeps failing while the member is unreachable:
 //!   `RemoveForRepair` -> `Wipe` (delete its claim, then its pod) -> `AddLearner` -> ... ->
-//!   `Promote`. With claims, the StatefulSet controller recreates the pod at once, while the old
-//!   claim is still being deleted (it is protected until the old pod is gone); such a pod is never
-//!   scheduled and, once the old claim is gone, never gets a new one. So the wipe waits until the
-//!   old claim is gone, then deletes the pod made in the meantime (another `Wipe`), and is done
-//!   when the ordinal has a live claim and a pod other than the one recorded.
+//!   `Promote`. With claims, the old claim stays in deletion until the old pod is gone. The
+//!   StatefulSet controller of 1.20 then refuses to recreate the pod ("pvc ... is being
+//!   deleted"); one that does recreate it leaves a pod that is never scheduled and, once the old
+//!   claim is gone, never gets a new one. So the wipe waits until the old claim is gone, then
+//!   deletes a pod made in the meantime (another `Wipe`), and is done when the ordinal has a live
+//!   claim and a pod other than the one recorded.
 //! - bootstrap: `Bootstrap` (one member), then scale up.
 //!
 //! Only the repair needs the recorded step: after the removal, a pod without a member below

@@ -673,6 +673,18 @@ fn wiped_data_dir(image: &str) -> Result<()> {
         }))
     };
     let (old_claim, _) = claim_uid(&e2e)?.context("claim data-wp-2")?;
+    // A finalizer of the test's own keeps the old claim in deletion after the operator deletes
+    // it, so the repair surely meets a claim being deleted. The 1.20 StatefulSet controller then
+    // creates no pod ("pvc data-wp-2 is being deleted"); a controller that does leaves one that
+    // is never scheduled, which the operator deletes once the claim is gone (planner tests).
+    e2e.ok(&[
+        "patch",
+        "pvc",
+        "data-wp-2",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/finalizers/-","value":"concord.dev/test-hold"}]"#,
+    ])?;
     // The member loses its disk: the data dir goes while the process still runs, then the pod
     // is deleted so that the next instance starts on the empty dir.
     std::fs::remove_dir_all(&data)?;
@@ -681,6 +693,40 @@ fn wiped_data_dir(image: &str) -> Result<()> {
     wait_until("a new wp-2 pod", CONVERGE, || {
         Ok(pod_uid(&e2e, "wp-2")?.filter(|u| *u != uid))
     })?;
+    // The repair deletes the claim, then the pod; no pod runs on the old claim, and the operator
+    // waits for the claim to go.
+    wait_until(
+        "the old claim in deletion, no scheduled wp-2 pod, and the operator waiting",
+        Duration::from_secs(300),
+        || {
+            let deleting = claim_uid(&e2e)?.is_some_and(|(u, d)| u == old_claim && d);
+            let held = e2e
+                .get("pod", "wp-2")?
+                .is_none_or(|p| p["spec"]["nodeName"].is_null());
+            let waiting = e2e.get("etcdcluster", "wp")?.is_some_and(|c| {
+                c["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Progressing" && c["reason"] == "ClaimDeleting")
+                })
+            });
+            Ok((deleting && held && waiting).then_some(()))
+        },
+    )?;
+    let claim = e2e.get("pvc", "data-wp-2")?.context("claim data-wp-2")?;
+    let kept: Vec<&Value> = claim["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| *f != "concord.dev/test-hold")
+        .collect();
+    e2e.ok(&[
+        "patch",
+        "pvc",
+        "data-wp-2",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"metadata": {"finalizers": kept}}).to_string(),
+    ])?;
     let status = e2e.wait_available("wp", 3, Duration::from_secs(300))?;
     eprintln!("wiped member repaired after {:?}", start.elapsed());
     ensure!(status_members(&status) == pod_names("wp", 3));
