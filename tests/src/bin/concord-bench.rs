@@ -11,9 +11,12 @@
 //! 3-member cluster of the same server on loopback (same flags; with `--pin` every member on
 //! CPU 0) and runs the put workload, with `--clients` clients and with one, against its leader
 //! (etcd benchmark's `--target-leader`). Figures are noisy: compare servers within one run only.
+//! `--endpoint URL` drives a server that is already running (e.g. one under `perf record`)
+//! with the single-member workloads instead.
 //!
-//! Build optimised binaries first: `cargo build --release --bins`, then
-//! `target/release/concord-bench --pin` (it uses `target/release/concord` when present).
+//! Build optimised binaries first: `cargo build --release -p concord-store --bin concord -p
+//! concord-tests --bin concord-bench`, then `target/release/concord-bench --pin` (it uses
+//! `target/release/concord` when present).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +72,11 @@ struct Args {
     /// Pin the server to CPU 0 and this tool to CPU 1.
     #[arg(long)]
     pin: bool,
+    /// Drive this running server (e.g. `http://127.0.0.1:2379`) instead of starting fresh
+    /// ones: for profiling a server started by hand. No memory row, no `put3`; the
+    /// key-space of the range workloads is written first, as against a fresh server.
+    #[arg(long)]
+    endpoint: Option<String>,
 }
 
 /// Latency samples of one workload run.
@@ -97,10 +105,10 @@ fn key(args: &Args, n: usize) -> Vec<u8> {
     k
 }
 
-async fn channels(server: &Server, n: usize) -> Result<Vec<Channel>> {
+async fn channels(endpoint: &str, n: usize) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let ep = Endpoint::from_shared(server.endpoint())?.tcp_nodelay(true);
+        let ep = Endpoint::from_shared(endpoint.to_owned())?.tcp_nodelay(true);
         out.push(ep.connect().await.context("connect")?);
     }
     Ok(out)
@@ -470,7 +478,7 @@ async fn run_cluster(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Resu
         }
     }
     let leader = cluster.agreed_leader(&[0, 1, 2]).await?;
-    let chans = channels(&cluster.members[leader], args.conns).await?;
+    let chans = channels(&cluster.members[leader].endpoint(), args.conns).await?;
     let name = format!("{kind:?}");
     let s = put_load(args, &chans, args.clients, args.total).await?;
     rows.push((
@@ -494,9 +502,31 @@ async fn run_server(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Resul
         pin(pid as i32, 0)?;
     }
     let name = format!("{kind:?}");
-    let chans = channels(&server, args.conns).await?;
+    let chans = channels(&server.endpoint(), args.conns).await?;
+    run_workloads(args, &name, &chans, rows).await?;
+    rows.push((
+        "memory and disk".to_string(),
+        name,
+        format!(
+            "peak RSS {} MB, RSS now {} MB, data dir {} MB",
+            proc_kb(pid, "VmHWM:") / 1024,
+            proc_kb(pid, "VmRSS:") / 1024,
+            dir_bytes(server.data_dir()) >> 20
+        ),
+    ));
+    Ok(())
+}
+
+/// The single-member workloads of `args` over `chans`, recorded under server `name`.
+async fn run_workloads(
+    args: &Args,
+    name: &str,
+    chans: &[Channel],
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let chans = chans.to_vec();
     let t0 = Instant::now();
-    let mut record = |w: &str, s: String| rows.push((w.to_string(), name.clone(), s));
+    let mut record = |w: &str, s: String| rows.push((w.to_string(), name.to_string(), s));
     let fmt = fmt_sample;
     let want = |w: &str| args.workloads.iter().any(|x| x == w);
     if want("put") {
@@ -538,15 +568,6 @@ async fn run_server(args: &Args, kind: ServerKind, rows: &mut Vec<Row>) -> Resul
         record("lease grant", fmt(&g));
         record("lease keep-alive", fmt(&k));
     }
-    record(
-        "memory and disk",
-        format!(
-            "peak RSS {} MB, RSS now {} MB, data dir {} MB",
-            proc_kb(pid, "VmHWM:") / 1024,
-            proc_kb(pid, "VmRSS:") / 1024,
-            dir_bytes(server.data_dir()) >> 20
-        ),
-    );
     Ok(())
 }
 
@@ -554,10 +575,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // The harness finds concord next to this binary (target/release when built with --release),
     // or takes CONCORD_BIN.
-    eprintln!(
-        "using concord at {}",
-        concord_tests::concord_bin()?.display()
-    );
+    if args.endpoint.is_none() {
+        eprintln!(
+            "using concord at {}",
+            concord_tests::concord_bin()?.display()
+        );
+    }
     run(args)
 }
 
@@ -570,7 +593,15 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
-    for s in &args.servers {
+    if let Some(ep) = &args.endpoint {
+        eprintln!("benchmarking {ep}...");
+        let name = "endpoint";
+        rt.block_on(async {
+            let chans = channels(ep, args.conns).await?;
+            run_workloads(&args, name, &chans, &mut rows).await
+        })?;
+    }
+    for s in args.servers.iter().filter(|_| args.endpoint.is_none()) {
         let kind = match s.as_str() {
             "concord" => ServerKind::Concord,
             "etcd35" => ServerKind::Etcd35,
