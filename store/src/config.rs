@@ -226,6 +226,11 @@ impl Config {
     pub fn listen_peer_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         bind_addrs("--listen-peer-urls", &self.listen_peer_urls)
     }
+
+    /// The socket addresses to bind for `--listen-metrics-urls`.
+    pub fn listen_metrics_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        bind_addrs("--listen-metrics-urls", &self.listen_metrics_urls)
+    }
 }
 
 /// What the command line asks for.
@@ -379,6 +384,7 @@ pub const ACTED_ON: &[&str] = &[
     "name",
     "data-dir",
     "listen-client-urls",
+    "listen-metrics-urls",
     "advertise-client-urls",
     "listen-peer-urls",
     "initial-advertise-peer-urls",

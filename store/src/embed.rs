@@ -284,20 +284,43 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listeners = listeners.into_iter().map(Listener::from).collect();
-    serve_all(server, listeners, Vec::new(), shutdown).await
+    let listeners = Listeners {
+        client: listeners.into_iter().map(Listener::from).collect(),
+        peer: Vec::new(),
+        metrics: Vec::new(),
+    };
+    serve_all(server, listeners, shutdown).await
 }
 
-/// Serves the peer listeners at once (raft needs them to elect a leader), publishes the member
-/// through raft, then serves the client api on every client listener until `shutdown`.
+/// Serves the peer listeners (raft needs them to elect a leader) and the metrics listeners
+/// (probes ask them from the start) at once, publishes the member through raft, then serves the
+/// client api on every client listener until `shutdown`.
 pub async fn serve_all(
     server: Arc<EtcdServer>,
-    listeners: Vec<Listener>,
-    peer_listeners: Vec<Listener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let Listeners {
+        client: listeners,
+        peer: peer_listeners,
+        metrics: metrics_listeners,
+    } = listeners;
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let mut peer_tasks = Vec::new();
+    for Listener { tcp: l, tls } in metrics_listeners {
+        let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
+        let mut rx = peer_stop_rx.clone();
+        let app = crate::api::http::metrics_router(server.clone());
+        peer_tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::api::serve(l, app, tls, stop).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }));
+        tracing::info!(address = %addr, "serving metrics");
+    }
     for Listener { tcp: l, tls } in peer_listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
         let mut rx = peer_stop_rx.clone();
@@ -377,6 +400,48 @@ pub async fn serve_all(
         ));
     }
     Ok(())
+}
+
+/// Every listener a member serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `--listen-client-urls`: the client api.
+    pub client: Vec<Listener>,
+    /// `--listen-peer-urls`: the peer service.
+    pub peer: Vec<Listener>,
+    /// `--listen-metrics-urls`: `/metrics` and the health checks.
+    pub metrics: Vec<Listener>,
+}
+
+/// Binds the peer, client and metrics listeners, failing on the first that cannot be bound.
+pub async fn bind_listeners(cfg: &Config, tls: &TlsSetup) -> Result<Listeners> {
+    Ok(Listeners {
+        peer: bind_peer_listeners(cfg, tls).await?,
+        client: bind_client_listeners(cfg, tls).await?,
+        metrics: bind_metrics_listeners(cfg, tls).await?,
+    })
+}
+
+/// Binds every `--listen-metrics-urls` address; `https` ones serve with the client TLS, as
+/// etcd's do.
+pub async fn bind_metrics_listeners(cfg: &Config, tls: &TlsSetup) -> Result<Vec<Listener>> {
+    let addrs = cfg
+        .listen_metrics_addrs()
+        .map_err(|e| Error::DataDir(e.to_string()))?;
+    let mut schemes = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        let secure = u.scheme() == "https";
+        if secure && tls.client.is_none() {
+            return Err(Error::DataDir(
+                "client TLS key/cert (--cert-file, --key-file) must be provided for metrics \
+                 secure url"
+                    .into(),
+            ));
+        }
+        schemes.push(secure);
+    }
+    let bound = bind_all(addrs, "metrics").await?;
+    Ok(with_tls(bound, &schemes, tls.client.as_ref()))
 }
 
 /// Binds every `--listen-peer-urls` address; `https` ones serve with the peer TLS.

@@ -70,8 +70,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let tls = embed::tls(&cfg)?;
-        let peer_listeners = embed::bind_peer_listeners(&cfg, &tls).await?;
-        let listeners = embed::bind_client_listeners(&cfg, &tls).await?;
+        let listeners = embed::bind_listeners(&cfg, &tls).await?;
         let server = embed::start_with(&cfg, &tls).context("cannot start the member")?;
         let shutdown = async {
             let mut term =
@@ -83,7 +82,7 @@ fn run(cfg: config::Config) -> anyhow::Result<()> {
             }
             tracing::info!("received signal; shutting down");
         };
-        embed::serve_all(server, listeners, peer_listeners, shutdown).await?;
+        embed::serve_all(server, listeners, shutdown).await?;
         Ok(())
     })
 }

@@ -107,6 +107,19 @@ fn bad_flags_and_foreign_data_dirs_fail_at_start() -> Result<()> {
             stderr_contains: "--initial-cluster has x=http://127.0.0.1:2381 but missing from \
                               --initial-advertise-peer-urls=http://127.0.0.1:2380",
         },
+        TestCase {
+            name: "https metrics URL without client TLS",
+            args: &[
+                "--data-dir",
+                "d",
+                "--listen-metrics-urls",
+                "https://127.0.0.1:0",
+            ],
+            prepare: |_| {},
+            code: 1,
+            stderr_contains: "client TLS key/cert (--cert-file, --key-file) must be provided for \
+                              metrics secure url",
+        },
     ];
     for c in cases {
         let dir = tempfile::tempdir()?;

@@ -1,5 +1,6 @@
 //! HTTP/1 endpoints on the client port: `/health`, `/livez`, `/readyz`, `/version` and
-//! `/metrics`, with etcd 3.5's bodies and status codes.
+//! `/metrics`, with etcd 3.5's bodies and status codes; the same but `/version` on each
+//! `--listen-metrics-urls` listener ([`metrics_router`]), as etcd's metrics mux.
 //!
 //! Metric names are etcd's where etcd has the metric. Values are read from the server at scrape
 //! time; this module keeps no counters of its own.
@@ -19,13 +20,17 @@ use prometheus_client::registry::Registry;
 
 use crate::server::EtcdServer;
 
-/// Routes of the HTTP endpoints.
+/// Routes of the HTTP endpoints on a client listener.
 pub fn router(server: Arc<EtcdServer>) -> Router {
+    metrics_router(server).route("/version", get(version))
+}
+
+/// Routes of a `--listen-metrics-urls` listener: metrics and the health checks.
+pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/version", get(version))
         .route("/metrics", get(metrics))
         .with_state(server)
 }

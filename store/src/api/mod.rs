@@ -88,7 +88,17 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
 /// How long a shutdown waits for open connections (watch streams never end by themselves).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves the client api on `listener` until `shutdown` resolves.
+/// Serves the client api on `listener` until `shutdown` resolves; see [`serve`].
+pub async fn serve_client(
+    listener: TcpListener,
+    server: Arc<EtcdServer>,
+    tls: Option<crate::tls::Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve(listener, router(server), tls, shutdown).await
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
 ///
 /// HTTP/1 and HTTP/2 share the port. HTTP/2 allows unlimited concurrent streams per connection,
 /// as etcd's `--max-concurrent-streams` default does: clients such as kube-apiserver open many
@@ -98,9 +108,9 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// With `tls` (an `https` listener) each connection's handshake runs in its own task, and every
 /// request carries the verified client certificate's common name
 /// ([`crate::tls::ClientCertCommonName`]) when client certificates are required.
-pub async fn serve_client(
+pub async fn serve(
     listener: TcpListener,
-    server: Arc<EtcdServer>,
+    app: axum::Router,
     tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -108,7 +118,6 @@ pub async fn serve_client(
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
 
-    let app = router(server);
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(u32::MAX);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
