@@ -1,10 +1,18 @@
-//! The backend: owns the redb database file and declares every table concord stores.
+//! The backend: owns the redb database files and declares every table concord stores.
 //!
 //! Layout of a data dir (format version [`FORMAT_VERSION`]):
 //!
 //! ```text
-//! <data-dir>/concord/store.redb   one redb file: raft log, raft state, MVCC key space, members, meta
+//! <data-dir>/concord/store.redb   the state machine: MVCC key space, leases, members, auth, meta,
+//!                                 the applied conf state
+//! <data-dir>/concord/raft.redb    the raft log and the hard state (the write-ahead log)
 //! ```
+//!
+//! Two files because they are made durable at different rates: the raft log is synced with
+//! every batch of new entries (small, append-only B-trees), the state machine only now and then
+//! (see `raft`), since replaying the log from the state's applied index redoes whatever a crash
+//! took from it. One redb file for both would flush every B-tree the state touched at every
+//! log sync.
 //!
 //! All tables are declared here as `const TableDefinition`s with their byte layout documented,
 //! so there is one place to read the on-disk schema. Other modules open these tables inside
@@ -19,8 +27,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 
-/// Version of the on-disk layout. Bumped on any incompatible schema change.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version of the on-disk layout. Bumped on any incompatible schema change (2: the raft log
+/// moved to its own file).
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Small counters, each a `u64` under a fixed name (see the `META_*` key constants).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -29,6 +38,9 @@ pub const META_FORMAT_VERSION: &str = "format_version";
 /// `META` key: index of the last raft entry whose effects are in this file. Written in the same
 /// transaction as those effects, so replay after a crash skips exactly what is applied.
 pub const META_APPLIED_INDEX: &str = "applied_index";
+/// `META` key: the raft term of that entry (of the snapshot, after a snapshot install), so a
+/// restart can check that the raft log agrees with the state.
+pub const META_APPLIED_TERM: &str = "applied_term";
 /// `META` key: the MVCC store's current main revision (starts at 1, as etcd's).
 pub const META_CURRENT_REV: &str = "current_rev";
 /// `META` key: the revision of the last completed compaction (0 = never).
@@ -38,9 +50,10 @@ pub const META_MEMBER_ID: &str = "member_id";
 /// `META` key: the cluster id.
 pub const META_CLUSTER_ID: &str = "cluster_id";
 
-/// Raft's persistent state, protobuf-encoded with raft's own codec. Keys:
-/// `hard_state` (`eraftpb.HardState`), `conf_state` (`eraftpb.ConfState`),
-/// `snapshot_meta` (`eraftpb.SnapshotMetadata` of the last log compaction point).
+/// Raft's persistent state, protobuf-encoded with raft's own codec. In `raft.redb`:
+/// `hard_state` (`eraftpb.HardState`) and `snapshot_meta` (`eraftpb.SnapshotMetadata` of the
+/// last log compaction point or installed snapshot). In `store.redb`: `conf_state`
+/// (`eraftpb.ConfState`), written with the applied entries that change it.
 pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 /// `RAFT_STATE` key for the hard state.
 pub const RAFT_HARD_STATE: &str = "hard_state";
@@ -49,7 +62,8 @@ pub const RAFT_CONF_STATE: &str = "conf_state";
 /// `RAFT_STATE` key for the snapshot metadata (log compaction point).
 pub const RAFT_SNAPSHOT_META: &str = "snapshot_meta";
 
-/// The raft log: entry index -> `eraftpb.Entry` encoded with raft's protobuf codec.
+/// The raft log (in `raft.redb`): entry index -> `eraftpb.Entry` encoded with raft's protobuf
+/// codec.
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 
 /// Latest live version of every key: user key -> `mvccpb.KeyValue` (prost) with `key` left
@@ -128,6 +142,8 @@ const DEFRAG_WAIT: Duration = Duration::from_secs(30);
 pub struct Backend {
     db: RwLock<Database>,
     path: PathBuf,
+    /// `raft.redb`: the raft log and hard state, touched only by the raft loop.
+    raft: Database,
 }
 
 impl Backend {
@@ -142,6 +158,7 @@ impl Backend {
             ))
         })?;
         let path = dir.join("store.redb");
+        let raft_path = dir.join("raft.redb");
         let db = Database::builder()
             // Hot pages only: the OS page cache holds the rest, and RSS stays small.
             .set_cache_size(64 << 20)
@@ -153,9 +170,20 @@ impl Backend {
                     path.display()
                 ))
             })?;
+        let raft = Database::builder()
+            .set_cache_size(16 << 20)
+            .create(&raft_path)
+            .map_err(|e| {
+                Error::DataDir(format!(
+                    "cannot open {}: {e}; the data dir is damaged or not concord's. \
+                     Move it aside and restore from a snapshot, or point --data-dir elsewhere",
+                    raft_path.display()
+                ))
+            })?;
         let backend = Backend {
             db: RwLock::new(db),
             path,
+            raft,
         };
         backend.init_schema()?;
         Ok(backend)
@@ -183,7 +211,6 @@ impl Backend {
                 }
             }
             wtx.open_table(RAFT_STATE)?;
-            wtx.open_table(RAFT_LOG)?;
             wtx.open_table(KV_LATEST)?;
             wtx.open_table(KV_HISTORY)?;
             wtx.open_table(KV_CHANGES)?;
@@ -199,7 +226,16 @@ impl Backend {
             wtx.open_table(AUTH_TOKENS)?;
         }
         wtx.commit()?;
+        let wtx = self.raft.begin_write()?;
+        wtx.open_table(RAFT_STATE)?;
+        wtx.open_table(RAFT_LOG)?;
+        wtx.commit()?;
         Ok(())
+    }
+
+    /// The raft log's database (`raft.redb`), for the raft loop only.
+    pub fn raft_db(&self) -> &Database {
+        &self.raft
     }
 
     /// The redb database, for modules that open transactions on the tables above. Use it only

@@ -20,16 +20,22 @@
 //! Snapshots: the log is compacted every `--snapshot-count` applied entries, keeping
 //! `--experimental-snapshot-catchup-entries`. A member that needs an entry before that gets a
 //! snapshot: [`LogStore`] stages the applied state with the transport, which streams it; the
-//! member's peer service saves it and steps the MsgSnapshot, and `on_ready` installs it in the
-//! same transaction as the Ready's entries and hard state.
+//! member's peer service saves it and steps the MsgSnapshot, and `on_ready` installs it with
+//! the Ready's entries and hard state.
 //!
-//! Durability: the entries of a Ready, its hard state, the committed entries it carries and
-//! those that persisting it commits (the light ready's) go into ONE redb write transaction with
-//! immediate durability (one fsync per batch, shared by all proposals that arrived meanwhile:
-//! group commit); nothing is answered or sent that depends on it before it commits. The
-//! applied index travels with the effects, so replay after a crash redoes exactly what was
-//! lost. This module must never interpret requests; `apply` (key-value, leases) and
-//! `membership` (members) do; the loop only routes each entry to one of them.
+//! Durability: the entries of a Ready and its hard state go into ONE transaction of the log
+//! (`raft.redb`), synced when raft needs it (one fsync per batch, shared by all proposals that
+//! arrived meanwhile: group commit). The committed entries it carries and those that persisting
+//! it commits (the light ready's) are applied in one transaction of the state (`store.redb`),
+//! synced only every [`STATE_SYNC_INTERVAL`] or [`STATE_SYNC_ENTRIES`] (etcd's backend batching):
+//! the applied index and its term travel with the effects, so a restart replays the log from
+//! whatever the state last made durable, and the log is never compacted past that. Nothing that
+//! depends on either commit is answered or sent before both are done. A snapshot's state is
+//! made durable before the log forgets what it replaced; a restart that finds the log behind
+//! the state (a crash between the two) restarts the log at the state.
+//!
+//! This module must never interpret requests; `apply` (key-value, leases) and `membership`
+//! (members) do; the loop only routes each entry to one of them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,19 +44,19 @@ use std::time::{Duration, Instant};
 
 use ::raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
-    Snapshot,
+    Snapshot, SnapshotMetadata,
 };
 use ::raft::{
     GetEntriesContext, RaftState, RawNode, SnapshotStatus, StateRole, Storage, storage::MemStorage,
 };
 use protobuf::Message as PbMessage;
-use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Durability, ReadableDatabase, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Applied, apply_entry};
 use crate::backend::{
-    Backend, META, META_APPLIED_INDEX, RAFT_CONF_STATE, RAFT_HARD_STATE, RAFT_LOG,
-    RAFT_SNAPSHOT_META, RAFT_STATE,
+    Backend, META, META_APPLIED_INDEX, META_APPLIED_TERM, RAFT_CONF_STATE, RAFT_HARD_STATE,
+    RAFT_LOG, RAFT_SNAPSHOT_META, RAFT_STATE,
 };
 use crate::error::{Error, Result};
 use crate::lease::{LeaseChange, Lessor};
@@ -63,6 +69,11 @@ use crate::watch::WatchHub;
 /// Entries kept in the log after a compaction when `--experimental-snapshot-catchup-entries`
 /// is 0 (etcd's `DefaultSnapshotCatchUpEntries`).
 pub const DEFAULT_CATCH_UP_ENTRIES: u64 = 5000;
+/// The state is made durable at least this often while it changes (etcd's default
+/// `--backend-batch-interval`).
+const STATE_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// ... or after this many applied entries (etcd's default `--backend-batch-limit`).
+const STATE_SYNC_ENTRIES: u64 = 10_000;
 /// A ReadIndex request not answered after this long is sent again (etcd: 500 ms).
 pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
@@ -434,6 +445,8 @@ pub fn start(
         applied,
         last_sweep: Instant::now(),
         removed: false,
+        durable_applied: applied,
+        last_state_sync: Instant::now(),
     };
     std::thread::Builder::new()
         .name("raft".into())
@@ -458,93 +471,84 @@ fn encode<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
         .map_err(|e| Error::Storage(format!("cannot encode raft state: {e}")))
 }
 
-/// Rebuilds the in-memory raft log from redb; on a fresh data dir writes the bootstrap state.
+/// Rebuilds the in-memory raft log from `raft.redb` and the applied conf state from
+/// `store.redb`; on a fresh data dir writes the bootstrap state. Returns it with the applied
+/// index.
 fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
-    let rtx = backend.db().begin_read()?;
-    let state = rtx.open_table(RAFT_STATE)?;
-    let applied = rtx
-        .open_table(META)?
-        .get(META_APPLIED_INDEX)?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    let Some(cs) = state.get(RAFT_CONF_STATE)? else {
-        drop(state);
-        drop(rtx);
-        // A new cluster starts, as etcd's does, with one committed ConfChange(AddNode) entry per
-        // initial voter (term 1, the member in its context), so a member that joins later
-        // learns the initial configuration and members from the log. Here they are applied
-        // already: the conf state and the members table (written by `embed`) say the same.
-        let members = membership::list(backend)?;
-        let entries = cfg
-            .initial_voters
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| {
-                let member = members.iter().find(|m| m.id == id);
-                let cc = ConfChange {
-                    change_type: ConfChangeType::AddNode,
-                    node_id: id,
-                    context: member
-                        .map(|m| prost::Message::encode_to_vec(m).into())
-                        .unwrap_or_default(),
-                    ..Default::default()
-                };
-                Ok(Entry {
-                    entry_type: EntryType::EntryConfChange,
-                    term: 1,
-                    index: i as u64 + 1,
-                    data: encode(&cc)?.into(),
-                    ..Default::default()
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let last = entries.len() as u64;
-        let cs = ConfState::from((cfg.initial_voters.clone(), vec![]));
-        let storage = MemStorage::new_with_conf_state(cs.clone());
-        // Term 1 as etcd's, so the first leader's term is 2.
-        let hs = HardState {
-            term: 1,
-            commit: last,
-            ..Default::default()
-        };
-        storage.wl().append(&entries)?;
-        storage.wl().set_hardstate(hs.clone());
-        let wtx = backend.db().begin_write()?;
-        {
-            let mut t = wtx.open_table(RAFT_STATE)?;
-            t.insert(RAFT_CONF_STATE, encode(&cs)?.as_slice())?;
-            t.insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
-            let mut log = wtx.open_table(RAFT_LOG)?;
-            for e in &entries {
-                log.insert(e.index, encode(e)?.as_slice())?;
-            }
-            wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
-        }
-        wtx.commit()?;
-        return Ok((storage, last));
+    let (applied, applied_term, cs) = {
+        let rtx = backend.db().begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let cs = rtx
+            .open_table(RAFT_STATE)?
+            .get(RAFT_CONF_STATE)?
+            .map(|v| v.value().to_vec());
+        (get(META_APPLIED_INDEX)?, get(META_APPLIED_TERM)?, cs)
     };
-    let cs: ConfState = decode(cs.value())?;
-    let storage = MemStorage::new();
-    if let Some(meta) = state.get(RAFT_SNAPSHOT_META)? {
-        let mut snap = Snapshot::default();
-        snap.set_metadata(decode(meta.value())?);
-        snap.mut_metadata().set_conf_state(cs.clone());
-        storage.wl().apply_snapshot(snap)?;
-    }
-    let entries = rtx
+    let Some(cs) = cs else {
+        return bootstrap(backend, cfg);
+    };
+    let cs: ConfState = decode(&cs)?;
+    let rtx = backend.raft_db().begin_read()?;
+    let state = rtx.open_table(RAFT_STATE)?;
+    let mut point: SnapshotMetadata = match state.get(RAFT_SNAPSHOT_META)? {
+        Some(v) => decode(v.value())?,
+        None => SnapshotMetadata::default(),
+    };
+    let mut entries = rtx
         .open_table(RAFT_LOG)?
-        .iter()?
+        .range(point.index + 1..)?
         .map(|item| {
             item.map_err(Error::from)
                 .and_then(|(_, v)| decode::<Entry>(v.value()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut core = storage.wl();
-    core.append(&entries)?;
     let mut hs: HardState = match state.get(RAFT_HARD_STATE)? {
         Some(v) => decode(v.value())?,
         None => HardState::default(),
     };
+    drop(state);
+    drop(rtx);
+    let term_at = |i: u64| {
+        if i == point.index {
+            Some(point.term)
+        } else {
+            entries.iter().find(|e| e.index == i).map(|e| e.term)
+        }
+    };
+    if term_at(applied) != Some(applied_term) {
+        // The state is ahead of (or off) the log: a snapshot's install reached the state
+        // (made durable first) but not the log before a crash. The log restarts at the state.
+        tracing::warn!(
+            applied,
+            applied_term,
+            "the raft log does not hold the applied state's last entry (a snapshot install was \
+             interrupted); restarting the log at the applied state"
+        );
+        point = SnapshotMetadata {
+            index: applied,
+            term: applied_term,
+            ..Default::default()
+        };
+        entries.clear();
+        hs.term = hs.term.max(applied_term);
+        let wtx = backend.raft_db().begin_write()?;
+        wtx.delete_table(RAFT_LOG)
+            .map_err(|e| Error::Storage(format!("cannot clear the raft log: {e}")))?;
+        wtx.open_table(RAFT_LOG)?;
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
+        wtx.commit()?;
+    }
+    let storage = MemStorage::new();
+    if point.index > 0 {
+        let mut snap = Snapshot::default();
+        snap.set_metadata(point);
+        snap.mut_metadata().set_conf_state(cs.clone());
+        storage.wl().apply_snapshot(snap)?;
+    }
+    let mut core = storage.wl();
+    core.append(&entries)?;
     // The applied index can run ahead of the last persisted commit (see module docs).
     hs.commit = hs.commit.max(applied);
     core.set_hardstate(hs);
@@ -556,6 +560,69 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
         "loaded raft log from data dir"
     );
     Ok((storage, applied))
+}
+
+/// A new cluster starts, as etcd's does, with one committed ConfChange(AddNode) entry per
+/// initial voter (term 1, the member in its context), so a member that joins later learns the
+/// initial configuration and members from the log. Here they are applied already: the conf
+/// state and the members table (written by `embed`) say the same. The log is written first,
+/// the state second: until the state's conf state exists, a restart bootstraps again.
+fn bootstrap(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
+    let members = membership::list(backend)?;
+    let entries = cfg
+        .initial_voters
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let member = members.iter().find(|m| m.id == id);
+            let cc = ConfChange {
+                change_type: ConfChangeType::AddNode,
+                node_id: id,
+                context: member
+                    .map(|m| prost::Message::encode_to_vec(m).into())
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+            Ok(Entry {
+                entry_type: EntryType::EntryConfChange,
+                term: 1,
+                index: i as u64 + 1,
+                data: encode(&cc)?.into(),
+                ..Default::default()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let last = entries.len() as u64;
+    let cs = ConfState::from((cfg.initial_voters.clone(), vec![]));
+    let storage = MemStorage::new_with_conf_state(cs.clone());
+    // Term 1 as etcd's, so the first leader's term is 2.
+    let hs = HardState {
+        term: 1,
+        commit: last,
+        ..Default::default()
+    };
+    storage.wl().append(&entries)?;
+    storage.wl().set_hardstate(hs.clone());
+    let wtx = backend.raft_db().begin_write()?;
+    {
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
+        let mut log = wtx.open_table(RAFT_LOG)?;
+        for e in &entries {
+            log.insert(e.index, encode(e)?.as_slice())?;
+        }
+    }
+    wtx.commit()?;
+    let wtx = backend.db().begin_write()?;
+    {
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_CONF_STATE, encode(&cs)?.as_slice())?;
+        let mut meta = wtx.open_table(META)?;
+        meta.insert(META_APPLIED_INDEX, last)?;
+        meta.insert(META_APPLIED_TERM, if last > 0 { 1 } else { 0 })?;
+    }
+    wtx.commit()?;
+    Ok((storage, last))
 }
 
 struct Driver {
@@ -584,6 +651,10 @@ struct Driver {
     last_sweep: Instant,
     /// This member's removal was applied: the loop stops after the current Ready.
     removed: bool,
+    /// The applied index as of the last durable state commit.
+    durable_applied: u64,
+    /// When the state was last committed durably.
+    last_state_sync: Instant,
 }
 
 impl Driver {
@@ -613,6 +684,7 @@ impl Driver {
                     next_tick = Instant::now() + self.cfg.heartbeat;
                 }
                 self.on_tick();
+                self.sync_state()?;
             }
             for id in self.transport.take_unreachable() {
                 self.node.report_unreachable(id);
@@ -821,31 +893,32 @@ impl Driver {
                 }
             }
         }
-        // 3-5. Committed entries, new entries and hard state: one transaction, durable when
-        // raft needs it (new entries, term or vote); a Ready that only carries read states
-        // touches no storage at all. The entries that persisting this Ready commits (the light
-        // ready's: on a lone member, all of them) are applied in the same transaction: raft
-        // counts the append as persisted before the commit, but nothing leaves this member
-        // (replies, persisted messages) until the commit is done, and the append and the
-        // applies are durable together or not at all.
+        // 3-5. New entries and the hard state go to the log (`raft.redb`) in one transaction,
+        // durable when raft needs it (new entries, term or vote: one fsync per batch, shared by
+        // all proposals that arrived meanwhile). Committed entries, including those that
+        // persisting this Ready commits (the light ready's: on a lone member, all of them), are
+        // applied to the state (`store.redb`) in one transaction, made durable only now and
+        // then (see `sync_state`). Nothing that depends on either (replies, persisted
+        // messages) leaves this member before both commit; the log commits first, except that
+        // a snapshot's state commits (durably) before the log forgets what it replaced.
         let mut replies = Vec::new();
-        let needs_write = ready.must_sync()
-            || ready.hs().is_some()
-            || !ready.entries().is_empty()
-            || !ready.committed_entries().is_empty();
-        let mut wtx = self.backend.db().begin_write()?;
+        let log_write = ready.must_sync() || ready.hs().is_some() || !ready.entries().is_empty();
+        let mut log_tx = self.backend.raft_db().begin_write()?;
         if !ready.must_sync() {
-            wtx.set_durability(Durability::None)
+            log_tx
+                .set_durability(Durability::None)
                 .map_err(|e| Error::Storage(e.to_string()))?;
         }
+        let state_tx = self.backend.db().begin_write()?;
         let installed = match &snapshot {
-            Some(snap) => Some(self.install_snapshot(&wtx, snap)?),
+            Some(snap) => Some(self.install_snapshot(&state_tx, &log_tx, snap)?),
             None => None,
         };
-        let applied = self.apply_committed(&wtx, ready.take_committed_entries(), &mut replies)?;
+        let applied =
+            self.apply_committed(&state_tx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if let Some(first) = entries.first() {
-            let mut log = wtx.open_table(RAFT_LOG)?;
+            let mut log = log_tx.open_table(RAFT_LOG)?;
             // A leader's entries may overwrite a conflicting tail: drop it first.
             log.retain_in(first.index.., |_, _| false)?;
             for e in &entries {
@@ -858,22 +931,37 @@ impl Driver {
             hs.commit = hs.commit.max(self.applied);
             self.node.mut_store().wl().set_hardstate(hs);
         }
-        // 6. Messages that need the append to be durable: sent after the commit below.
+        // 6. Messages that need the append to be durable: sent after the commits below.
         let persisted = ready.take_persisted_messages();
         let mut light = self.node.advance_append(ready);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().wl().mut_hard_state().commit = commit;
         }
-        let committed = light.take_committed_entries();
-        let committed_more = !committed.is_empty();
-        let applied_more = self.apply_committed(&wtx, committed, &mut replies)?;
-        if needs_write || committed_more || installed.is_some() {
+        let applied_more =
+            self.apply_committed(&state_tx, light.take_committed_entries(), &mut replies)?;
+        let state_write = installed.is_some() || applied.is_some() || applied_more.is_some();
+        let log_needed = log_write || light.commit_index().is_some() || installed.is_some();
+        if log_needed {
             let hs = self.node.store().rl().hard_state().clone();
-            wtx.open_table(RAFT_STATE)?
+            log_tx
+                .open_table(RAFT_STATE)?
                 .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
-            wtx.commit()?;
+        }
+        if installed.is_some() {
+            self.commit_state(state_tx, true)?;
+            log_tx.commit()?;
         } else {
-            wtx.abort()?;
+            if log_needed {
+                log_tx.commit()?;
+            } else {
+                log_tx.abort()?;
+            }
+            if state_write {
+                let durable = self.state_sync_due();
+                self.commit_state(state_tx, durable)?;
+            } else {
+                state_tx.abort()?;
+            }
         }
         if let Some(installed) = installed {
             self.installed_snapshot(installed)?;
@@ -914,7 +1002,7 @@ impl Driver {
         entries: Vec<Entry>,
         replies: &mut Vec<(Waiter, Outcome)>,
     ) -> Result<Option<AppliedBatch>> {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        let Some((last, last_term)) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(None);
         };
         let out = {
@@ -976,7 +1064,9 @@ impl Driver {
                 leases: std::mem::take(&mut tables.lease_changes),
             }
         };
-        wtx.open_table(META)?.insert(META_APPLIED_INDEX, last)?;
+        let mut meta = wtx.open_table(META)?;
+        meta.insert(META_APPLIED_INDEX, last)?;
+        meta.insert(META_APPLIED_TERM, last_term)?;
         self.applied = last;
         Ok(Some(out))
     }
@@ -1009,19 +1099,20 @@ impl Driver {
         Ok(())
     }
 
-    /// Replaces this member's state with the leader's snapshot `snap` inside `wtx` (the one
-    /// that also persists the Ready's entries and hard state): the replicated tables from the
-    /// file the peer service saved, an empty raft log starting after the snapshot, and its conf
-    /// state. The in-memory log follows at once; [`Driver::installed_snapshot`] refreshes the
+    /// Replaces this member's state with the leader's snapshot `snap`: in `wtx` (the state) the
+    /// replicated tables from the file the peer service saved and its conf state, in `log_tx`
+    /// an empty raft log starting after the snapshot. The in-memory log follows at once; [`Driver::installed_snapshot`] refreshes the
     /// rest after the commit.
     fn install_snapshot(
         &mut self,
         wtx: &WriteTransaction,
+        log_tx: &WriteTransaction,
         snap: &Snapshot,
     ) -> Result<crate::snapshot::Installed> {
         let meta = snap.get_metadata();
         let path = received_snapshot_path(&self.backend, meta.index);
         let installed = crate::snapshot::install(&path, wtx)?;
+        wtx.open_table(META)?.insert(META_APPLIED_TERM, meta.term)?;
         if installed.applied != meta.index {
             return Err(Error::Storage(format!(
                 "the received snapshot {} holds the state at raft index {}, not {} as its \
@@ -1031,14 +1122,17 @@ impl Driver {
                 meta.index
             )));
         }
-        wtx.delete_table(RAFT_LOG)
+        wtx.open_table(RAFT_STATE)?
+            .insert(RAFT_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
+        log_tx
+            .delete_table(RAFT_LOG)
             .map_err(|e| Error::Storage(format!("cannot clear the raft log: {e}")))?;
-        wtx.open_table(RAFT_LOG)?;
-        let mut state = wtx.open_table(RAFT_STATE)?;
+        log_tx.open_table(RAFT_LOG)?;
         let mut point = meta.clone();
         point.clear_conf_state();
-        state.insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
-        state.insert(RAFT_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
+        log_tx
+            .open_table(RAFT_STATE)?
+            .insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
         self.node.mut_store().wl().apply_snapshot(snap.clone())?;
         self.applied = meta.index;
         Ok(installed)
@@ -1069,6 +1163,40 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether the next state commit should be durable: [`STATE_SYNC_INTERVAL`] passed or
+    /// [`STATE_SYNC_ENTRIES`] applied since the last durable one (etcd's backend batch
+    /// interval and limit).
+    fn state_sync_due(&self) -> bool {
+        self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
+            || self.applied - self.durable_applied >= STATE_SYNC_ENTRIES
+    }
+
+    /// Commits a state transaction, durably when `durable`.
+    fn commit_state(&mut self, mut wtx: WriteTransaction, durable: bool) -> Result<()> {
+        if !durable {
+            wtx.set_durability(Durability::None)
+                .map_err(|e| Error::Storage(e.to_string()))?;
+        }
+        wtx.commit()?;
+        if durable {
+            self.durable_applied = self.applied;
+            self.last_state_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Makes applied state durable once it has waited [`STATE_SYNC_INTERVAL`] with no write to
+    /// carry it, so the log can be compacted behind it.
+    fn sync_state(&mut self) -> Result<()> {
+        if self.applied > self.durable_applied
+            && self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
+        {
+            let wtx = self.backend.db().begin_write()?;
+            self.commit_state(wtx, true)?;
+        }
+        Ok(())
+    }
+
     /// Drops applied log entries once `--snapshot-count` of them pile up, keeping a tail.
     fn maybe_compact_log(&mut self) -> Result<()> {
         let first = ::raft::Storage::first_index(self.node.store())?;
@@ -1076,14 +1204,18 @@ impl Driver {
         if self.applied < first + self.cfg.snapshot_count + catch_up {
             return Ok(());
         }
-        let keep_from = self.applied - catch_up;
+        // Never past what the state has made durable: a restart replays the log from there.
+        let keep_from = (self.applied - catch_up).min(self.durable_applied + 1);
+        if keep_from <= first {
+            return Ok(());
+        }
         let term = ::raft::Storage::term(self.node.store(), keep_from - 1)?;
         let meta = ::raft::prelude::SnapshotMetadata {
             index: keep_from - 1,
             term,
             ..Default::default()
         };
-        let wtx = self.backend.db().begin_write()?;
+        let wtx = self.backend.raft_db().begin_write()?;
         wtx.open_table(RAFT_LOG)?
             .retain_in(..keep_from, |_, _| false)?;
         wtx.open_table(RAFT_STATE)?
@@ -1165,5 +1297,82 @@ impl slog::Drain for TracingDrain {
             slog::Level::Trace => tracing::trace!(target: "raft", "{msg}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTable;
+
+    fn cfg() -> RaftConfig {
+        RaftConfig {
+            id: 1,
+            initial_voters: vec![1],
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 100,
+            catch_up_entries: 10,
+        }
+    }
+
+    #[test]
+    fn restart_finds_the_log_agreeing_with_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let (_, applied) = load_storage(&b, &cfg()).unwrap();
+        assert_eq!(applied, 1, "bootstrap applies the initial voter's entry");
+        let (mem, applied) = load_storage(&b, &cfg()).unwrap();
+        assert_eq!(applied, 1);
+        assert_eq!(mem.last_index().unwrap(), 1);
+        assert_eq!(mem.term(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn restart_after_an_interrupted_snapshot_install_restarts_the_log_at_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        load_storage(&b, &cfg()).unwrap();
+        // The state reached index 50 (term 3) by a snapshot; the log still holds its old tail.
+        let wtx = b.raft_db().begin_write().unwrap();
+        {
+            let mut log = wtx.open_table(RAFT_LOG).unwrap();
+            for index in 2..=10 {
+                let e = Entry {
+                    term: 2,
+                    index,
+                    ..Default::default()
+                };
+                log.insert(index, encode(&e).unwrap().as_slice()).unwrap();
+            }
+        }
+        wtx.commit().unwrap();
+        let wtx = b.db().begin_write().unwrap();
+        {
+            let mut meta = wtx.open_table(META).unwrap();
+            meta.insert(META_APPLIED_INDEX, 50).unwrap();
+            meta.insert(META_APPLIED_TERM, 3).unwrap();
+        }
+        wtx.commit().unwrap();
+
+        let (mem, applied) = load_storage(&b, &cfg()).unwrap();
+        assert_eq!(applied, 50);
+        assert_eq!(mem.first_index().unwrap(), 51);
+        assert_eq!(mem.last_index().unwrap(), 50);
+        assert_eq!(mem.term(50).unwrap(), 3);
+        assert_eq!(mem.initial_state().unwrap().hard_state.commit, 50);
+        // And it was written back: the next restart needs no repair.
+        let rtx = b.raft_db().begin_read().unwrap();
+        assert!(rtx.open_table(RAFT_LOG).unwrap().first().unwrap().is_none());
+        let point: SnapshotMetadata = decode(
+            rtx.open_table(RAFT_STATE)
+                .unwrap()
+                .get(RAFT_SNAPSHOT_META)
+                .unwrap()
+                .unwrap()
+                .value(),
+        )
+        .unwrap();
+        assert_eq!((point.index, point.term), (50, 3));
     }
 }
