@@ -5,14 +5,13 @@
 //! ```text
 //! <data-dir>/concord/store.redb   the state machine: MVCC key space, leases, members, auth, meta,
 //!                                 the applied conf state
-//! <data-dir>/concord/raft.redb    the raft log and the hard state (the write-ahead log)
+//! <data-dir>/concord/wal/         the raft log and the hard state (`wal`: append-only segments)
 //! ```
 //!
-//! Two files because they are made durable at different rates: the raft log is synced with
-//! every batch of new entries (small, append-only B-trees), the state machine only now and then
-//! (see `raft`), since replaying the log from the state's applied index redoes whatever a crash
-//! took from it. One redb file for both would flush every B-tree the state touched at every
-//! log sync.
+//! Apart because they are made durable at different rates: the raft log is synced with every
+//! batch of new entries (one append), the state machine only now and then (see `raft`), since
+//! replaying the log from the state's applied index redoes whatever a crash took from it. One
+//! redb file for both would flush every B-tree the state touched at every log sync.
 //!
 //! All tables are declared here as `const TableDefinition`s with their byte layout documented,
 //! so there is one place to read the on-disk schema. Other modules open these tables inside
@@ -28,7 +27,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::error::{Error, Result};
 
 /// Version of the on-disk layout. Bumped on any incompatible schema change (2: the raft log
-/// moved to its own file).
+/// moved to the write-ahead log).
 pub const FORMAT_VERSION: u64 = 2;
 
 /// Small counters, each a `u64` under a fixed name (see the `META_*` key constants).
@@ -50,21 +49,12 @@ pub const META_MEMBER_ID: &str = "member_id";
 /// `META` key: the cluster id.
 pub const META_CLUSTER_ID: &str = "cluster_id";
 
-/// Raft's persistent state, protobuf-encoded with raft's own codec. In `raft.redb`:
-/// `hard_state` (`eraftpb.HardState`) and `snapshot_meta` (`eraftpb.SnapshotMetadata` of the
-/// last log compaction point or installed snapshot). In `store.redb`: `conf_state`
-/// (`eraftpb.ConfState`), written with the applied entries that change it.
+/// Raft's applied state, protobuf-encoded with raft's own codec: `conf_state`
+/// (`eraftpb.ConfState`), written with the applied entries that change it. (The log and the
+/// hard state are in the write-ahead log, `wal`.)
 pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
-/// `RAFT_STATE` key for the hard state.
-pub const RAFT_HARD_STATE: &str = "hard_state";
 /// `RAFT_STATE` key for the conf state.
 pub const RAFT_CONF_STATE: &str = "conf_state";
-/// `RAFT_STATE` key for the snapshot metadata (log compaction point).
-pub const RAFT_SNAPSHOT_META: &str = "snapshot_meta";
-
-/// The raft log (in `raft.redb`): entry index -> `eraftpb.Entry` encoded with raft's protobuf
-/// codec.
-pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 
 /// Latest live version of every key: user key -> `mvccpb.KeyValue` (prost) with `key` left
 /// empty (it is the table key). Deleted keys are absent. Serves reads at the current revision.
@@ -142,8 +132,6 @@ const DEFRAG_WAIT: Duration = Duration::from_secs(30);
 pub struct Backend {
     db: RwLock<Database>,
     path: PathBuf,
-    /// `raft.redb`: the raft log and hard state, touched only by the raft loop.
-    raft: Database,
 }
 
 impl Backend {
@@ -158,7 +146,6 @@ impl Backend {
             ))
         })?;
         let path = dir.join("store.redb");
-        let raft_path = dir.join("raft.redb");
         let db = Database::builder()
             // Hot pages only: the OS page cache holds the rest, and RSS stays small.
             .set_cache_size(64 << 20)
@@ -170,20 +157,9 @@ impl Backend {
                     path.display()
                 ))
             })?;
-        let raft = Database::builder()
-            .set_cache_size(16 << 20)
-            .create(&raft_path)
-            .map_err(|e| {
-                Error::DataDir(format!(
-                    "cannot open {}: {e}; the data dir is damaged or not concord's. \
-                     Move it aside and restore from a snapshot, or point --data-dir elsewhere",
-                    raft_path.display()
-                ))
-            })?;
         let backend = Backend {
             db: RwLock::new(db),
             path,
-            raft,
         };
         backend.init_schema()?;
         Ok(backend)
@@ -226,16 +202,12 @@ impl Backend {
             wtx.open_table(AUTH_TOKENS)?;
         }
         wtx.commit()?;
-        let wtx = self.raft.begin_write()?;
-        wtx.open_table(RAFT_STATE)?;
-        wtx.open_table(RAFT_LOG)?;
-        wtx.commit()?;
         Ok(())
     }
 
-    /// The raft log's database (`raft.redb`), for the raft loop only.
-    pub fn raft_db(&self) -> &Database {
-        &self.raft
+    /// The directory of the raft log's segments (`wal`), for the raft loop only.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.path.with_file_name("wal")
     }
 
     /// The redb database, for modules that open transactions on the tables above. Use it only

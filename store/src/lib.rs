@@ -26,6 +26,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
+pub mod wal;
 pub mod watch;
 
 pub use error::{Error, Result};

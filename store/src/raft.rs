@@ -23,9 +23,9 @@
 //! member's peer service saves it and steps the MsgSnapshot, and `on_ready` installs it with
 //! the Ready's entries and hard state.
 //!
-//! Durability: the entries of a Ready and its hard state go into ONE transaction of the log
-//! (`raft.redb`), synced when raft needs it (one fsync per batch, shared by all proposals that
-//! arrived meanwhile: group commit). The committed entries it carries and those that persisting
+//! Durability: the entries of a Ready and its hard state go into ONE append to the log (`wal`),
+//! synced when raft needs it (one fsync per batch, shared by all proposals that arrived
+//! meanwhile: group commit). The committed entries it carries and those that persisting
 //! it commits (the light ready's) are applied in one transaction of the state (`store.redb`),
 //! synced only every [`STATE_SYNC_INTERVAL`] or [`STATE_SYNC_ENTRIES`] (etcd's backend batching):
 //! the applied index and its term travel with the effects, so a restart replays the log from
@@ -55,8 +55,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Applied, apply_entry};
 use crate::backend::{
-    Backend, META, META_APPLIED_INDEX, META_APPLIED_TERM, RAFT_CONF_STATE, RAFT_HARD_STATE,
-    RAFT_LOG, RAFT_SNAPSHOT_META, RAFT_STATE,
+    Backend, META, META_APPLIED_INDEX, META_APPLIED_TERM, RAFT_CONF_STATE, RAFT_STATE,
 };
 use crate::error::{Error, Result};
 use crate::lease::{LeaseChange, Lessor};
@@ -64,6 +63,7 @@ use crate::membership;
 use crate::mvcc::{Revs, WriteTables};
 use crate::proto::mvccpb::Event;
 use crate::transport::{StagedSnapshot, Transport, received_snapshot_path};
+use crate::wal::{Recovered, Wal};
 use crate::watch::WatchHub;
 
 /// Entries kept in the log after a compaction when `--experimental-snapshot-catchup-entries`
@@ -388,7 +388,7 @@ pub fn start(
     cfg: RaftConfig,
     transport: Arc<Transport>,
 ) -> Result<RaftHandle> {
-    let (storage, applied) = load_storage(&backend, &cfg)?;
+    let (storage, applied, wal) = load_storage(&backend, &cfg)?;
     remove_received_snapshots(&backend, u64::MAX);
     let storage = LogStore {
         mem: storage,
@@ -447,6 +447,7 @@ pub fn start(
         removed: false,
         durable_applied: applied,
         last_state_sync: Instant::now(),
+        wal,
     };
     std::thread::Builder::new()
         .name("raft".into())
@@ -471,10 +472,10 @@ fn encode<M: PbMessage>(m: &M) -> Result<Vec<u8>> {
         .map_err(|e| Error::Storage(format!("cannot encode raft state: {e}")))
 }
 
-/// Rebuilds the in-memory raft log from `raft.redb` and the applied conf state from
+/// Rebuilds the in-memory raft log from the write-ahead log and the applied conf state from
 /// `store.redb`; on a fresh data dir writes the bootstrap state. Returns it with the applied
-/// index.
-fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
+/// index and the open log.
+fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64, Wal)> {
     let (applied, applied_term, cs) = {
         let rtx = backend.db().begin_read()?;
         let meta = rtx.open_table(META)?;
@@ -485,30 +486,16 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
             .map(|v| v.value().to_vec());
         (get(META_APPLIED_INDEX)?, get(META_APPLIED_TERM)?, cs)
     };
+    let (mut wal, recovered) = Wal::open(&backend.wal_dir())?;
     let Some(cs) = cs else {
-        return bootstrap(backend, cfg);
+        return bootstrap(backend, cfg, wal);
     };
     let cs: ConfState = decode(&cs)?;
-    let rtx = backend.raft_db().begin_read()?;
-    let state = rtx.open_table(RAFT_STATE)?;
-    let mut point: SnapshotMetadata = match state.get(RAFT_SNAPSHOT_META)? {
-        Some(v) => decode(v.value())?,
-        None => SnapshotMetadata::default(),
-    };
-    let mut entries = rtx
-        .open_table(RAFT_LOG)?
-        .range(point.index + 1..)?
-        .map(|item| {
-            item.map_err(Error::from)
-                .and_then(|(_, v)| decode::<Entry>(v.value()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut hs: HardState = match state.get(RAFT_HARD_STATE)? {
-        Some(v) => decode(v.value())?,
-        None => HardState::default(),
-    };
-    drop(state);
-    drop(rtx);
+    let Recovered {
+        mut point,
+        mut entries,
+        hard_state: mut hs,
+    } = recovered;
     let term_at = |i: u64| {
         if i == point.index {
             Some(point.term)
@@ -532,13 +519,7 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
         };
         entries.clear();
         hs.term = hs.term.max(applied_term);
-        let wtx = backend.raft_db().begin_write()?;
-        wtx.delete_table(RAFT_LOG)
-            .map_err(|e| Error::Storage(format!("cannot clear the raft log: {e}")))?;
-        wtx.open_table(RAFT_LOG)?;
-        wtx.open_table(RAFT_STATE)?
-            .insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
-        wtx.commit()?;
+        wal.reset(&point)?;
     }
     let storage = MemStorage::new();
     if point.index > 0 {
@@ -559,7 +540,7 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
         entries = entries.len(),
         "loaded raft log from data dir"
     );
-    Ok((storage, applied))
+    Ok((storage, applied, wal))
 }
 
 /// A new cluster starts, as etcd's does, with one committed ConfChange(AddNode) entry per
@@ -567,7 +548,7 @@ fn load_storage(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)
 /// initial configuration and members from the log. Here they are applied already: the conf
 /// state and the members table (written by `embed`) say the same. The log is written first,
 /// the state second: until the state's conf state exists, a restart bootstraps again.
-fn bootstrap(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
+fn bootstrap(backend: &Backend, cfg: &RaftConfig, mut wal: Wal) -> Result<(MemStorage, u64, Wal)> {
     let members = membership::list(backend)?;
     let entries = cfg
         .initial_voters
@@ -603,16 +584,7 @@ fn bootstrap(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
     };
     storage.wl().append(&entries)?;
     storage.wl().set_hardstate(hs.clone());
-    let wtx = backend.raft_db().begin_write()?;
-    {
-        wtx.open_table(RAFT_STATE)?
-            .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
-        let mut log = wtx.open_table(RAFT_LOG)?;
-        for e in &entries {
-            log.insert(e.index, encode(e)?.as_slice())?;
-        }
-    }
-    wtx.commit()?;
+    wal.append(&entries, Some(&hs), true)?;
     let wtx = backend.db().begin_write()?;
     {
         wtx.open_table(RAFT_STATE)?
@@ -622,7 +594,7 @@ fn bootstrap(backend: &Backend, cfg: &RaftConfig) -> Result<(MemStorage, u64)> {
         meta.insert(META_APPLIED_TERM, if last > 0 { 1 } else { 0 })?;
     }
     wtx.commit()?;
-    Ok((storage, last))
+    Ok((storage, last, wal))
 }
 
 struct Driver {
@@ -655,6 +627,8 @@ struct Driver {
     durable_applied: u64,
     /// When the state was last committed durably.
     last_state_sync: Instant,
+    /// The raft log and hard state on disk.
+    wal: Wal,
 }
 
 impl Driver {
@@ -893,37 +867,25 @@ impl Driver {
                 }
             }
         }
-        // 3-5. New entries and the hard state go to the log (`raft.redb`) in one transaction,
-        // durable when raft needs it (new entries, term or vote: one fsync per batch, shared by
-        // all proposals that arrived meanwhile). Committed entries, including those that
-        // persisting this Ready commits (the light ready's: on a lone member, all of them), are
-        // applied to the state (`store.redb`) in one transaction, made durable only now and
-        // then (see `sync_state`). Nothing that depends on either (replies, persisted
-        // messages) leaves this member before both commit; the log commits first, except that
-        // a snapshot's state commits (durably) before the log forgets what it replaced.
+        // 3-5. New entries and the hard state are appended to the log (`wal`), synced when
+        // raft needs it (new entries, term or vote: one fsync per batch, shared by all
+        // proposals that arrived meanwhile). Committed entries, including those that persisting
+        // this Ready commits (the light ready's: on a lone member, all of them), are applied to
+        // the state (`store.redb`) in one transaction, made durable only now and then (see
+        // `sync_state`). Nothing that depends on either (replies, persisted messages) leaves
+        // this member before both are done; the log is written first, except that a snapshot's
+        // state commits (durably) before the log forgets what it replaced.
         let mut replies = Vec::new();
-        let log_write = ready.must_sync() || ready.hs().is_some() || !ready.entries().is_empty();
-        let mut log_tx = self.backend.raft_db().begin_write()?;
-        if !ready.must_sync() {
-            log_tx
-                .set_durability(Durability::None)
-                .map_err(|e| Error::Storage(e.to_string()))?;
-        }
+        let must_sync = ready.must_sync();
         let state_tx = self.backend.db().begin_write()?;
         let installed = match &snapshot {
-            Some(snap) => Some(self.install_snapshot(&state_tx, &log_tx, snap)?),
+            Some(snap) => Some(self.install_snapshot(&state_tx, snap)?),
             None => None,
         };
         let applied =
             self.apply_committed(&state_tx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
-        if let Some(first) = entries.first() {
-            let mut log = log_tx.open_table(RAFT_LOG)?;
-            // A leader's entries may overwrite a conflicting tail: drop it first.
-            log.retain_in(first.index.., |_, _| false)?;
-            for e in &entries {
-                log.insert(e.index, encode(e)?.as_slice())?;
-            }
+        if !entries.is_empty() {
             self.node.mut_store().wl().append(&entries)?;
         }
         if let Some(hs) = ready.hs() {
@@ -931,7 +893,8 @@ impl Driver {
             hs.commit = hs.commit.max(self.applied);
             self.node.mut_store().wl().set_hardstate(hs);
         }
-        // 6. Messages that need the append to be durable: sent after the commits below.
+        let hs_changed = ready.hs().is_some();
+        // 6. Messages that need the append to be durable: sent after the writes below.
         let persisted = ready.take_persisted_messages();
         let mut light = self.node.advance_append(ready);
         if let Some(commit) = light.commit_index() {
@@ -940,22 +903,14 @@ impl Driver {
         let applied_more =
             self.apply_committed(&state_tx, light.take_committed_entries(), &mut replies)?;
         let state_write = installed.is_some() || applied.is_some() || applied_more.is_some();
-        let log_needed = log_write || light.commit_index().is_some() || installed.is_some();
-        if log_needed {
-            let hs = self.node.store().rl().hard_state().clone();
-            log_tx
-                .open_table(RAFT_STATE)?
-                .insert(RAFT_HARD_STATE, encode(&hs)?.as_slice())?;
-        }
-        if installed.is_some() {
+        let hs = (hs_changed || light.commit_index().is_some())
+            .then(|| self.node.store().rl().hard_state().clone());
+        if let Some(snap) = &snapshot {
             self.commit_state(state_tx, true)?;
-            log_tx.commit()?;
+            self.wal.reset(snap.get_metadata())?;
+            self.wal.append(&entries, hs.as_ref(), true)?;
         } else {
-            if log_needed {
-                log_tx.commit()?;
-            } else {
-                log_tx.abort()?;
-            }
+            self.wal.append(&entries, hs.as_ref(), must_sync)?;
             if state_write {
                 let durable = self.state_sync_due();
                 self.commit_state(state_tx, durable)?;
@@ -1099,14 +1054,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Replaces this member's state with the leader's snapshot `snap`: in `wtx` (the state) the
-    /// replicated tables from the file the peer service saved and its conf state, in `log_tx`
-    /// an empty raft log starting after the snapshot. The in-memory log follows at once; [`Driver::installed_snapshot`] refreshes the
+    /// Replaces this member's state with the leader's snapshot `snap` in `wtx`: the replicated
+    /// tables from the file the peer service saved and its conf state. (`on_ready` restarts the
+    /// log after the snapshot once `wtx` is durable.) The in-memory log follows at once; [`Driver::installed_snapshot`] refreshes the
     /// rest after the commit.
     fn install_snapshot(
         &mut self,
         wtx: &WriteTransaction,
-        log_tx: &WriteTransaction,
         snap: &Snapshot,
     ) -> Result<crate::snapshot::Installed> {
         let meta = snap.get_metadata();
@@ -1124,15 +1078,6 @@ impl Driver {
         }
         wtx.open_table(RAFT_STATE)?
             .insert(RAFT_CONF_STATE, encode(meta.get_conf_state())?.as_slice())?;
-        log_tx
-            .delete_table(RAFT_LOG)
-            .map_err(|e| Error::Storage(format!("cannot clear the raft log: {e}")))?;
-        log_tx.open_table(RAFT_LOG)?;
-        let mut point = meta.clone();
-        point.clear_conf_state();
-        log_tx
-            .open_table(RAFT_STATE)?
-            .insert(RAFT_SNAPSHOT_META, encode(&point)?.as_slice())?;
         self.node.mut_store().wl().apply_snapshot(snap.clone())?;
         self.applied = meta.index;
         Ok(installed)
@@ -1215,12 +1160,7 @@ impl Driver {
             term,
             ..Default::default()
         };
-        let wtx = self.backend.raft_db().begin_write()?;
-        wtx.open_table(RAFT_LOG)?
-            .retain_in(..keep_from, |_, _| false)?;
-        wtx.open_table(RAFT_STATE)?
-            .insert(RAFT_SNAPSHOT_META, encode(&meta)?.as_slice())?;
-        wtx.commit()?;
+        self.wal.compact(&meta)?;
         self.node.mut_store().wl().compact(keep_from)?;
         tracing::info!(compact_index = keep_from - 1, "compacted raft log");
         Ok(())
@@ -1303,7 +1243,6 @@ impl slog::Drain for TracingDrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTable;
 
     fn cfg() -> RaftConfig {
         RaftConfig {
@@ -1320,9 +1259,10 @@ mod tests {
     fn restart_finds_the_log_agreeing_with_the_state() {
         let dir = tempfile::tempdir().unwrap();
         let b = Backend::open(dir.path()).unwrap();
-        let (_, applied) = load_storage(&b, &cfg()).unwrap();
+        let (_, applied, wal) = load_storage(&b, &cfg()).unwrap();
         assert_eq!(applied, 1, "bootstrap applies the initial voter's entry");
-        let (mem, applied) = load_storage(&b, &cfg()).unwrap();
+        drop(wal);
+        let (mem, applied, _) = load_storage(&b, &cfg()).unwrap();
         assert_eq!(applied, 1);
         assert_eq!(mem.last_index().unwrap(), 1);
         assert_eq!(mem.term(1).unwrap(), 1);
@@ -1332,21 +1272,17 @@ mod tests {
     fn restart_after_an_interrupted_snapshot_install_restarts_the_log_at_the_state() {
         let dir = tempfile::tempdir().unwrap();
         let b = Backend::open(dir.path()).unwrap();
-        load_storage(&b, &cfg()).unwrap();
+        let (_, _, mut wal) = load_storage(&b, &cfg()).unwrap();
         // The state reached index 50 (term 3) by a snapshot; the log still holds its old tail.
-        let wtx = b.raft_db().begin_write().unwrap();
-        {
-            let mut log = wtx.open_table(RAFT_LOG).unwrap();
-            for index in 2..=10 {
-                let e = Entry {
-                    term: 2,
-                    index,
-                    ..Default::default()
-                };
-                log.insert(index, encode(&e).unwrap().as_slice()).unwrap();
-            }
-        }
-        wtx.commit().unwrap();
+        let tail: Vec<Entry> = (2..=10)
+            .map(|index| Entry {
+                term: 2,
+                index,
+                ..Default::default()
+            })
+            .collect();
+        wal.append(&tail, None, true).unwrap();
+        drop(wal);
         let wtx = b.db().begin_write().unwrap();
         {
             let mut meta = wtx.open_table(META).unwrap();
@@ -1355,24 +1291,16 @@ mod tests {
         }
         wtx.commit().unwrap();
 
-        let (mem, applied) = load_storage(&b, &cfg()).unwrap();
+        let (mem, applied, wal) = load_storage(&b, &cfg()).unwrap();
         assert_eq!(applied, 50);
         assert_eq!(mem.first_index().unwrap(), 51);
         assert_eq!(mem.last_index().unwrap(), 50);
         assert_eq!(mem.term(50).unwrap(), 3);
         assert_eq!(mem.initial_state().unwrap().hard_state.commit, 50);
+        drop(wal);
         // And it was written back: the next restart needs no repair.
-        let rtx = b.raft_db().begin_read().unwrap();
-        assert!(rtx.open_table(RAFT_LOG).unwrap().first().unwrap().is_none());
-        let point: SnapshotMetadata = decode(
-            rtx.open_table(RAFT_STATE)
-                .unwrap()
-                .get(RAFT_SNAPSHOT_META)
-                .unwrap()
-                .unwrap()
-                .value(),
-        )
-        .unwrap();
-        assert_eq!((point.index, point.term), (50, 3));
+        let (_, recovered) = Wal::open(&b.wal_dir()).unwrap();
+        assert!(recovered.entries.is_empty());
+        assert_eq!((recovered.point.index, recovered.point.term), (50, 3));
     }
 }
