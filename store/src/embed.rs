@@ -309,12 +309,9 @@ pub async fn serve_all(
     let mut peer_tasks = Vec::new();
     for Listener { tcp: l, tls } in metrics_listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
-        let mut rx = peer_stop_rx.clone();
+        let stop = stop_signal(&peer_stop_rx);
         let app = crate::api::http::metrics_router(server.clone());
         peer_tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
             if let Err(e) = crate::api::serve(l, app, tls, stop).await {
                 tracing::error!(error = %e, "metrics listener failed");
             }
@@ -323,12 +320,9 @@ pub async fn serve_all(
     }
     for Listener { tcp: l, tls } in peer_listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
-        let mut rx = peer_stop_rx.clone();
+        let stop = stop_signal(&peer_stop_rx);
         let service = server.peer_service();
         peer_tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
             if let Err(e) = crate::transport::serve_peers(l, service, tls, stop).await {
                 tracing::error!(error = %e, "peer listener failed");
             }
@@ -361,12 +355,9 @@ pub async fn serve_all(
     let mut tasks = Vec::new();
     for Listener { tcp: l, tls } in listeners {
         let addr = l.local_addr().map_err(|e| Error::DataDir(e.to_string()))?;
-        let mut rx = stop_rx.clone();
+        let stop = stop_signal(&stop_rx);
         let server = server.clone();
         tasks.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
             crate::api::serve_client(l, server, tls, stop).await
         }));
         tracing::info!(address = %addr, "ready to serve client requests");
@@ -400,6 +391,16 @@ pub async fn serve_all(
         ));
     }
     Ok(())
+}
+
+/// Resolves once `rx` turns true: how a listener's task learns to stop.
+fn stop_signal(
+    rx: &tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
 }
 
 /// Every listener a member serves on.

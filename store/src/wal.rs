@@ -260,18 +260,19 @@ impl Wal {
         Ok(())
     }
 
-    /// Entries up to `point.index` are gone (raft log compaction); deletes the segments that
-    /// held only those. Durable on return.
+    /// Entries up to `point.index` are gone (raft log compaction); deletes the oldest segments
+    /// as long as they held only those (a prefix, so replay never loses a later segment's
+    /// overwrite of an earlier one's tail). Durable on return.
     pub fn compact(&mut self, point: &SnapshotMetadata) -> Result<()> {
         self.mark(KIND_COMPACT, point)?;
-        let dir = self.dir.clone();
-        self.older.retain(|&(seq, highest)| {
-            let keep = highest > point.index;
-            if !keep {
-                let _ = std::fs::remove_file(segment_path(&dir, seq));
-            }
-            keep
-        });
+        let gone = self
+            .older
+            .iter()
+            .take_while(|&&(_, highest)| highest <= point.index)
+            .count();
+        for (seq, _) in self.older.drain(..gone) {
+            let _ = std::fs::remove_file(segment_path(&self.dir, seq));
+        }
         Ok(())
     }
 
