@@ -179,34 +179,31 @@ impl TestPki {
     /// A server (and peer) certificate with common name `cn` for `ips`, `127.0.0.1` and
     /// `localhost`, usable for server and client authentication.
     pub fn server_cert(&self, cn: &str, ips: &[Ipv4Addr]) -> Result<CertPair> {
-        let mut sans = vec![
-            SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
-            SanType::DnsName("localhost".try_into()?),
-        ];
-        sans.extend(ips.iter().map(|ip| SanType::IpAddress((*ip).into())));
-        self.sign(
-            cn,
-            cn,
-            sans,
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            false,
-        )
+        let sans = ips
+            .iter()
+            .map(|ip| SanType::IpAddress((*ip).into()))
+            .collect();
+        self.server_and_client_cert(cn, sans)
     }
 
     /// A server (and peer) certificate with common name `cn` for the DNS names `dns` (wildcards
     /// such as `*.svc.ns.svc` allowed), `127.0.0.1` and `localhost`, usable for server and client
     /// authentication: what a Kubernetes TLS Secret for pods behind a headless Service holds.
     pub fn dns_cert(&self, cn: &str, dns: &[String]) -> Result<CertPair> {
+        let sans = dns
+            .iter()
+            .map(|d| Ok(SanType::DnsName(d.as_str().try_into()?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.server_and_client_cert(cn, sans)
+    }
+
+    /// A certificate for `127.0.0.1`, `localhost` and `extra`, for server and client auth.
+    fn server_and_client_cert(&self, cn: &str, extra: Vec<SanType>) -> Result<CertPair> {
         let mut sans = vec![
             SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
             SanType::DnsName("localhost".try_into()?),
         ];
-        for d in dns {
-            sans.push(SanType::DnsName(d.as_str().try_into()?));
-        }
+        sans.extend(extra);
         self.sign(
             cn,
             cn,
