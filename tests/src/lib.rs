@@ -9,6 +9,8 @@
 //! - [`Cluster`] starts several members of one kind, bootstrapped from flags, each a [`Server`].
 //! - [`Etcdctl`] runs the real etcdctl (3.5 or 3.4) against an endpoint, with a timeout, or for a
 //!   fixed time for commands that never end (`watch`, `lease keep-alive`).
+//! - [`bench`] is the `concord-bench` tool: the same workloads against concord and etcd, side by
+//!   side (or against running endpoints), with a table and JSON of the figures.
 //! - [`normalize`] blanks the fields that legitimately differ between two servers (IDs, sizes,
 //!   timings), each named by the test that blanks it, and renders readable line diffs.
 //!
@@ -27,6 +29,7 @@
 //!
 //! Every child process talks only to loopback addresses.
 
+pub mod bench;
 pub mod cluster;
 pub mod etcdctl;
 pub mod k8s;

@@ -1,0 +1,247 @@
+//! The servers `concord-bench` drives: a fresh one-member server per kind for the workloads, a
+//! fresh one for the memory rows (load `--mem-keys` keys, read its resident memory, data dir
+//! size and reported db size, `kill -9` it and time its restart until a linearizable read answers), a fresh 3-member
+//! cluster for the `put3` rows, or endpoints that are already running (`--endpoints`). Servers
+//! are started and stopped only through the test harness ([`Server`], [`Cluster`]); this module
+//! never touches a process it did not start.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use concord_store::proto::etcdserverpb::{RangeRequest, kv_client::KvClient};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use super::load::channels;
+use super::report::Row;
+use super::workloads::{Ctx, key, prefill, put_load, run_workloads};
+use crate::{Cluster, Server, ServerKind};
+
+/// Flags every benchmarked server (and cluster member) gets: a quota the runs cannot reach.
+pub const SERVER_FLAGS: &[&str] = &["--quota-backend-bytes=8589934592"];
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS:`, `VmHWM:`), 0 if unreadable.
+pub fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Total length of the files under `p`.
+pub fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Pins process (or, for 0, the calling thread) `pid` to `cpu`.
+pub fn pin(pid: i32, cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)?;
+    Ok(())
+}
+
+fn pin_server(ctx: &Ctx<'_>, server: &Server) -> Result<()> {
+    if ctx.args.pin {
+        pin(server.pid().context("server pid")? as i32, 0)?;
+    }
+    Ok(())
+}
+
+/// The one-member workloads on a fresh server of `kind`, then its footprint row.
+pub async fn run_server(ctx: &Ctx<'_>, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
+    let server = Server::builder(kind).args(SERVER_FLAGS).start()?;
+    pin_server(ctx, &server)?;
+    let pid = server.pid().context("server pid")?;
+    let chans = channels(&[server.endpoint()], ctx.args.conns).await?;
+    run_workloads(ctx, &chans, rows).await?;
+    let (peak, now, dir) = (
+        proc_kb(pid, "VmHWM:") * 1024,
+        proc_kb(pid, "VmRSS:") * 1024,
+        dir_bytes(server.data_dir()),
+    );
+    rows.push(Row {
+        id: "footprint".to_owned(),
+        title: "memory and disk after the workloads above".to_owned(),
+        server: ctx.server.clone(),
+        figure: super::report::Figure::Text {
+            text: format!(
+                "peak RSS {} MB, RSS now {} MB, data dir {} MB",
+                peak >> 20,
+                now >> 20,
+                dir >> 20
+            ),
+            json: json!({
+                "peak_rss_bytes": peak,
+                "rss_bytes": now,
+                "data_dir_bytes": dir,
+            }),
+        },
+    });
+    Ok(())
+}
+
+/// The memory rows on a fresh server of `kind`: load `--mem-keys` keys of `--val-size` bytes,
+/// read its resident memory and data dir size, then `kill -9` it, start it on the same data dir
+/// and time until a linearizable read of the last key loaded answers.
+pub async fn run_memory(ctx: &Ctx<'_>, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
+    let args = ctx.args;
+    let keys = args.mem_keys;
+    let mut server = Server::builder(kind).args(SERVER_FLAGS).start()?;
+    pin_server(ctx, &server)?;
+    let chans = channels(&[server.endpoint()], args.conns).await?;
+    let load = prefill(ctx, &chans, keys, "memory load").await?;
+    drop(chans);
+    let pid = server.pid().context("server pid")?;
+    let (rss, peak) = (proc_kb(pid, "VmRSS:") * 1024, proc_kb(pid, "VmHWM:") * 1024);
+    let dir = dir_bytes(server.data_dir());
+    let status = crate::cluster::status(&server.endpoint()).await?;
+    let what = format!("{keys} keys ({}-byte values)", args.val_size);
+    rows.push(Row::load(
+        "mem-load",
+        format!("put of {what} into an empty server"),
+        &ctx.server,
+        &load,
+    ));
+    rows.push(Row::amount(
+        "mem-rss",
+        format!("resident memory after loading {what}"),
+        &ctx.server,
+        rss as f64 / (1 << 20) as f64,
+        "MB",
+        json!({ "keys": keys, "rss_bytes": rss, "peak_rss_bytes": peak }),
+    ));
+    rows.push(Row::amount(
+        "mem-disk",
+        format!("data dir size on disk after loading {what}"),
+        &ctx.server,
+        dir as f64 / (1 << 20) as f64,
+        "MB",
+        json!({ "keys": keys, "data_dir_bytes": dir }),
+    ));
+    rows.push(Row::amount(
+        "mem-db",
+        format!("db size after loading {what} (Status dbSize, as etcdctl endpoint status)"),
+        &ctx.server,
+        status.db_size as f64 / (1 << 20) as f64,
+        "MB",
+        json!({
+            "keys": keys,
+            "db_size_bytes": status.db_size,
+            "db_size_in_use_bytes": status.db_size_in_use,
+        }),
+    ));
+
+    let last = key(args, keys - 1);
+    server.kill9()?;
+    let start = Instant::now();
+    server.restart_no_wait()?;
+    pin_server(ctx, &server)?;
+    wait_linearizable_read(&mut server, &last, Duration::from_secs(600)).await?;
+    let elapsed = start.elapsed();
+    let rss_after = proc_kb(server.pid().context("server pid")?, "VmRSS:") * 1024;
+    rows.push(Row::amount(
+        "restart",
+        format!("restart with {what} (kill -9, then until a linearizable read answers)"),
+        &ctx.server,
+        elapsed.as_secs_f64() * 1000.0,
+        "ms",
+        json!({
+            "keys": keys,
+            "restart_secs": elapsed.as_secs_f64(),
+            "rss_after_restart_bytes": rss_after,
+        }),
+    ));
+    Ok(())
+}
+
+/// Polls with linearizable ranges of `key` on fresh connections until one returns it. Fails if
+/// the server exits or `timeout` passes.
+async fn wait_linearizable_read(server: &mut Server, key: &[u8], timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let endpoint = Endpoint::from_shared(server.endpoint())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5));
+    loop {
+        let attempt = async {
+            let ch: Channel = endpoint.connect().await?;
+            let r = KvClient::new(ch)
+                .range(RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(!r.kvs.is_empty())
+        };
+        let last = match attempt.await {
+            Ok(true) => return Ok(()),
+            Ok(false) => bail!("after the restart, the last key loaded is missing"),
+            Err(e) => format!("{e:#}"),
+        };
+        if !server.is_running() {
+            bail!(
+                "{:?} exited during the restart; stderr tail:\n{}",
+                server.kind(),
+                server.stderr_tail(30)
+            );
+        }
+        if start.elapsed() > timeout {
+            bail!("no linearizable read answered {timeout:?} after the restart (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The member of `endpoints` that they name as leader (`Maintenance.Status`).
+pub async fn leader_of(endpoints: &[String]) -> Result<String> {
+    for ep in endpoints {
+        let st = crate::cluster::status(ep).await?;
+        let id = st.header.context("status without header")?.member_id;
+        if st.leader != 0 && st.leader == id {
+            return Ok(ep.clone());
+        }
+    }
+    bail!("none of {endpoints:?} is the leader")
+}
+
+/// The `put3` rows: a fresh 3-member cluster of `kind`, puts against its leader (or, with
+/// `--target-leader=false`, spread over all members).
+pub async fn run_cluster(ctx: &Ctx<'_>, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
+    let args = ctx.args;
+    let cluster = Cluster::start_with(kind, 3, SERVER_FLAGS)?;
+    for m in &cluster.members {
+        pin_server(ctx, m)?;
+    }
+    let leader = cluster.agreed_leader(&[0, 1, 2]).await?;
+    let (endpoints, to) = if args.target_leader {
+        (vec![cluster.members[leader].endpoint()], "to the leader")
+    } else {
+        (cluster.endpoints(), "to all members")
+    };
+    let chans = channels(&endpoints, args.conns.max(endpoints.len())).await?;
+    let s = put_load(ctx, &chans, args.clients, ctx.limit(args.total), "put3").await?;
+    rows.push(ctx.row(
+        "put3",
+        format!("put, 3 members, {to} ({} clients)", args.clients),
+        &s,
+    ));
+    let limit = ctx.limit(args.total / 10);
+    let s = put_load(ctx, &chans[..1], 1, limit, "put3 1 client").await?;
+    rows.push(ctx.row("put3-1", format!("put, 3 members, {to} (1 client)"), &s));
+    Ok(())
+}
