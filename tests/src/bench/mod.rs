@@ -104,8 +104,8 @@ pub struct Args {
     /// Share of linearizable ranges in the mixed load (the rest are puts).
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
-    /// Send the 3-member cluster's load to its leader (`--target-leader=false`: spread it over
-    /// all members).
+    /// Send a cluster's load (put3, or several --endpoints) to its leader only
+    /// (`--target-leader=false`: spread it over all members).
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
           default_missing_value = "true")]
     pub target_leader: bool,
