@@ -101,6 +101,10 @@ fn bench_smoke_serial_concord_and_etcd35() -> Result<()> {
         for &(id, ops) in loads {
             check_load(server, id, &rows[id], ops)?;
         }
+        let mixed = &rows["mixed"];
+        let (reads, writes) = (num(&mixed["reads"], "ops")?, num(&mixed["writes"], "ops")?);
+        assert_eq!(reads + writes, 300.0, "{mixed}");
+        assert!(reads > writes && writes > 0.0, "{mixed}");
         let f = &rows["footprint"];
         assert!(num(f, "peak_rss_bytes")? >= num(f, "rss_bytes")?, "{f}");
         assert!(

@@ -159,6 +159,27 @@ where
     F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
+    let (elapsed, lat) = closed_loop_indexed(chans, clients, limit, progress, op).await?;
+    Ok(Sample::new(
+        lat.len(),
+        elapsed,
+        lat.into_iter().map(|(_, l)| l).collect(),
+    ))
+}
+
+/// [`closed_loop`], returning the wall time and each request's (number, latency in µs), for
+/// loads that mix kinds of requests by their number.
+pub async fn closed_loop_indexed<F, Fut>(
+    chans: &[Channel],
+    clients: usize,
+    limit: Limit,
+    progress: &Progress,
+    op: F,
+) -> Result<(Duration, Vec<(usize, u64)>)>
+where
+    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let _progress = progress.start(done.clone(), limit);
@@ -183,18 +204,17 @@ where
                 }
                 let t = Instant::now();
                 op(ch.clone(), i).await?;
-                lat.push(t.elapsed().as_micros() as u64);
+                lat.push((i, t.elapsed().as_micros() as u64));
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut lat_us = Vec::new();
+    let mut lat = Vec::new();
     for t in tasks {
-        lat_us.extend(t.await??);
+        lat.extend(t.await??);
     }
-    let elapsed = start.elapsed();
-    Ok(Sample::new(lat_us.len(), elapsed, lat_us))
+    Ok((start.elapsed(), lat))
 }
 
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.

@@ -3,18 +3,21 @@
 //!
 //! Each server is started fresh (on its own loopback address, data dir in a temp dir) by the test
 //! harness and, with `--pin`, pinned to CPU 0 while the load generator runs on CPU 1, so the two
-//! don't compete for a core. Servers run one after the other, each through every workload:
+//! don't compete for a core. All servers start at once and take turns at each workload, so
+//! both see the same machine state (`--alternate=false`: one after the other, each through every
+//! workload). The workloads:
 //!
 //! - `put` (`--clients` clients) and `put1` (one client), to keys of `--key-space-size` keys,
 //!   spread by a hash or in order (`--sequential-keys`);
 //! - `range` (linearizable) and `range-s` (serializable) of `--range-size` keys over a prefilled
 //!   key space; `txn-put`, a guarded update in Kubernetes' shape (read, then a txn comparing the
-//!   key's mod revision: put, else get); `mixed`, `--read-ratio` linearizable ranges and puts;
+//!   key's mod revision: put, else get); `mixed`, `--read-ratio` linearizable ranges and puts
+//!   (the JSON also has the reads and the writes apart);
 //! - `watch` (fan-out: events per second and put-to-event latency) and `lease` (grants, then
 //!   keep-alives);
 //! - then the server's peak resident memory and data dir size (the `footprint` row);
 //! - `mem`: a fresh server loaded with `--mem-keys` keys of `--val-size` bytes: its resident
-//!   memory, data dir size, and the time from `kill -9` and a restart on the same data dir until a
+//!   memory, data dir size, db size (`Status`), and the time from `kill -9` and a restart on the same data dir until a
 //!   linearizable read answers;
 //! - `put3`: a fresh 3-member cluster on loopback (same flags; with `--pin` every member on CPU
 //!   0), puts with `--clients` clients and with one, against the leader (`--target-leader`, on by
@@ -109,6 +112,12 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
           default_missing_value = "true")]
     pub target_leader: bool,
+    /// Start the servers at once and run each workload on every one in turn, so all see the
+    /// same machine state (`--alternate=false`: one server after the other, each through every
+    /// workload).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub alternate: bool,
     /// Watchers for the watch load.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
@@ -172,31 +181,37 @@ impl Args {
 
     fn summary(&self) -> String {
         let amount = match self.duration {
-            Some(d) => format!("{:?} per load", d),
+            Some(d) => format!("{d:?} per load"),
             None => format!("{} requests", self.total),
         };
-        format!(
-            "concord-bench: {} clients over {} connections, {amount}, {}-byte keys, {}-byte values, \
-             {} keys ({}), ranges of {} keys, mixed {:.0}% reads, {} keys for the memory rows; {}",
-            self.clients,
-            self.conns,
-            self.key_size,
-            self.val_size,
-            self.key_space_size,
-            if self.sequential_keys {
-                "sequential"
-            } else {
-                "spread"
-            },
-            self.range_size,
-            self.read_ratio * 100.0,
-            self.mem_keys,
-            if self.pin {
-                "server pinned to CPU 0, load generator to CPU 1"
-            } else {
-                "not pinned"
-            }
-        )
+        let order = if self.sequential_keys {
+            "sequential"
+        } else {
+            "spread"
+        };
+        let mut parts = vec![
+            format!("{} clients over {} connections", self.clients, self.conns),
+            amount,
+            format!("{}-byte keys, {}-byte values", self.key_size, self.val_size),
+            format!("{} keys ({order})", self.key_space_size),
+            format!(
+                "ranges of {} key{}",
+                self.range_size,
+                if self.range_size == 1 { "" } else { "s" }
+            ),
+        ];
+        if self.wants("mixed") {
+            parts.push(format!("mixed {:.0}% reads", self.read_ratio * 100.0));
+        }
+        if self.wants("mem") {
+            parts.push(format!("{} keys for the memory rows", self.mem_keys));
+        }
+        let pinned = if self.pin {
+            "servers pinned to CPU 0, load generator to CPU 1"
+        } else {
+            "not pinned"
+        };
+        format!("concord-bench: {}; {pinned}", parts.join(", "))
     }
 
     fn settings_json(&self) -> serde_json::Value {
@@ -215,6 +230,7 @@ impl Args {
             "range_size": self.range_size,
             "read_ratio": self.read_ratio,
             "target_leader": self.target_leader,
+            "alternate": self.alternate,
             "watchers": self.watchers,
             "watch_puts": self.watch_puts,
             "mem_keys": self.mem_keys,
@@ -271,23 +287,41 @@ pub fn run(args: Args) -> Result<Report> {
         if args.servers.iter().any(|s| s == "concord") {
             eprintln!("using concord at {}", crate::concord_bin()?.display());
         }
-        let single = args.workloads.iter().any(|w| w != "put3" && w != "mem");
-        for (name, &kind) in args.servers.iter().zip(&kinds) {
-            let ctx = Ctx {
+        let ctxs: Vec<Ctx> = args
+            .servers
+            .iter()
+            .map(|name| Ctx {
                 args: &args,
                 server: name.clone(),
-            };
+            })
+            .collect();
+        let single = args.workloads.iter().any(|w| w != "put3" && w != "mem");
+        // With --alternate every server takes its turn at each workload; without, each server
+        // runs all of them before the next one starts.
+        let batches: Vec<(usize, usize)> = if args.alternate {
+            vec![(0, kinds.len())]
+        } else {
+            (0..kinds.len()).map(|i| (i, i + 1)).collect()
+        };
+        for (from, to) in batches {
+            let (ctxs, kinds) = (&ctxs[from..to], &kinds[from..to]);
             if single {
-                eprintln!("benchmarking {name}...");
-                rt.block_on(servers::run_server(&ctx, kind, &mut rows))?;
+                rt.block_on(servers::run_servers(ctxs, kinds, &mut rows))?;
             }
             if args.wants("mem") {
-                eprintln!("loading {} keys into a fresh {name}...", args.mem_keys);
-                rt.block_on(servers::run_memory(&ctx, kind, &mut rows))?;
+                for (ctx, &kind) in ctxs.iter().zip(kinds) {
+                    eprintln!(
+                        "loading {} keys into a fresh {}...",
+                        args.mem_keys, ctx.server
+                    );
+                    rt.block_on(servers::run_memory(ctx, kind, &mut rows))?;
+                }
             }
             if args.wants("put3") {
-                eprintln!("benchmarking a 3-member {name} cluster...");
-                rt.block_on(servers::run_cluster(&ctx, kind, &mut rows))?;
+                for (ctx, &kind) in ctxs.iter().zip(kinds) {
+                    eprintln!("benchmarking a 3-member {} cluster...", ctx.server);
+                    rt.block_on(servers::run_cluster(ctx, kind, &mut rows))?;
+                }
             }
         }
     }

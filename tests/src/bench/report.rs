@@ -25,6 +25,21 @@ pub struct Stats {
     pub max: f64,
 }
 
+impl Stats {
+    /// `{ops, elapsed_secs, qps, latency_ms: {p50, p90, p99, p99.9, max}}`.
+    pub fn json(&self) -> Value {
+        json!({
+            "ops": self.ops,
+            "elapsed_secs": self.elapsed_secs,
+            "qps": self.qps,
+            "latency_ms": {
+                "p50": self.p50, "p90": self.p90, "p99": self.p99, "p99.9": self.p999,
+                "max": self.max,
+            },
+        })
+    }
+}
+
 impl From<&Sample> for Stats {
     fn from(s: &Sample) -> Stats {
         Stats {
@@ -66,6 +81,8 @@ pub struct Row {
     /// Server name (`concord`, `etcd35`, `etcd34`, `endpoint`).
     pub server: String,
     pub figure: Figure,
+    /// More JSON fields (e.g. the mixed load's reads and writes apart).
+    pub extra: Map<String, Value>,
 }
 
 impl Row {
@@ -76,6 +93,18 @@ impl Row {
             title,
             server: server.to_owned(),
             figure: Figure::Load(Stats::from(sample)),
+            extra: Map::new(),
+        }
+    }
+
+    /// A text row.
+    pub fn text(id: &str, title: String, server: &str, text: String, json: Value) -> Row {
+        Row {
+            id: id.to_owned(),
+            title,
+            server: server.to_owned(),
+            figure: Figure::Text { text, json },
+            extra: Map::new(),
         }
     }
 
@@ -93,23 +122,18 @@ impl Row {
             title,
             server: server.to_owned(),
             figure: Figure::Amount { value, unit, json },
+            extra: Map::new(),
         }
     }
 
     fn json(&self) -> Value {
         let mut fields = match &self.figure {
-            Figure::Load(s) => json!({
-                "ops": s.ops,
-                "elapsed_secs": s.elapsed_secs,
-                "qps": s.qps,
-                "latency_ms": {
-                    "p50": s.p50, "p90": s.p90, "p99": s.p99, "p99.9": s.p999, "max": s.max,
-                },
-            }),
+            Figure::Load(s) => s.json(),
             Figure::Amount { json, .. } | Figure::Text { json, .. } => json.clone(),
         };
         if let Value::Object(m) = &mut fields {
             m.insert("title".to_owned(), Value::String(self.title.clone()));
+            m.extend(self.extra.clone());
         }
         fields
     }

@@ -1,5 +1,5 @@
-//! The servers `concord-bench` drives: a fresh one-member server per kind for the workloads, a
-//! fresh one for the memory rows (load `--mem-keys` keys, read its resident memory, data dir
+//! The servers `concord-bench` drives: fresh one-member servers for the workloads (all kinds
+//! at once, taking turns per workload, or one after the other), a fresh one for the memory rows (load `--mem-keys` keys, read its resident memory, data dir
 //! size and reported db size, `kill -9` it and time its restart until a linearizable read answers), a fresh 3-member
 //! cluster for the `put3` rows, or endpoints that are already running (`--endpoints`). Servers
 //! are started and stopped only through the test harness ([`Server`], [`Cluster`]); this module
@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::load::channels;
 use super::report::Row;
-use super::workloads::{Ctx, key, prefill, put_load, run_workloads};
+use super::workloads::{Ctx, key, prefill, put_load, run_step, steps};
 use crate::{Cluster, Server, ServerKind};
 
 /// Flags every benchmarked server (and cluster member) gets: a quota the runs cannot reach.
@@ -62,36 +62,54 @@ fn pin_server(ctx: &Ctx<'_>, server: &Server) -> Result<()> {
     Ok(())
 }
 
-/// The one-member workloads on a fresh server of `kind`, then its footprint row.
-pub async fn run_server(ctx: &Ctx<'_>, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
-    let server = Server::builder(kind).args(SERVER_FLAGS).start()?;
-    pin_server(ctx, &server)?;
-    let pid = server.pid().context("server pid")?;
-    let chans = channels(&[server.endpoint()], ctx.args.conns).await?;
-    run_workloads(ctx, &chans, rows).await?;
-    let (peak, now, dir) = (
-        proc_kb(pid, "VmHWM:") * 1024,
-        proc_kb(pid, "VmRSS:") * 1024,
-        dir_bytes(server.data_dir()),
-    );
-    rows.push(Row {
-        id: "footprint".to_owned(),
-        title: "memory and disk after the workloads above".to_owned(),
-        server: ctx.server.clone(),
-        figure: super::report::Figure::Text {
-            text: format!(
+/// The one-member workloads on fresh servers of `kinds` (one [`Ctx`] each), all started at
+/// once: each step runs on every server in turn, so all see the same machine state. Then each
+/// server's footprint row.
+pub async fn run_servers(
+    ctxs: &[Ctx<'_>],
+    kinds: &[ServerKind],
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let mut running = Vec::new();
+    for (ctx, &kind) in ctxs.iter().zip(kinds) {
+        let server = Server::builder(kind).args(SERVER_FLAGS).start()?;
+        pin_server(ctx, &server)?;
+        let chans = channels(&[server.endpoint()], ctx.args.conns).await?;
+        running.push((server, chans));
+    }
+    let t0 = Instant::now();
+    if let Some(ctx) = ctxs.first() {
+        for step in steps(ctx.args) {
+            for (ctx, (_, chans)) in ctxs.iter().zip(&running) {
+                eprintln!("{} {step:?}...", ctx.server);
+                run_step(ctx, chans, step, t0, rows).await?;
+            }
+        }
+    }
+    for (ctx, (server, _)) in ctxs.iter().zip(&running) {
+        let pid = server.pid().context("server pid")?;
+        let (peak, now, dir) = (
+            proc_kb(pid, "VmHWM:") * 1024,
+            proc_kb(pid, "VmRSS:") * 1024,
+            dir_bytes(server.data_dir()),
+        );
+        rows.push(Row::text(
+            "footprint",
+            "memory and disk after the workloads above".to_owned(),
+            &ctx.server,
+            format!(
                 "peak RSS {} MB, RSS now {} MB, data dir {} MB",
                 peak >> 20,
                 now >> 20,
                 dir >> 20
             ),
-            json: json!({
+            json!({
                 "peak_rss_bytes": peak,
                 "rss_bytes": now,
                 "data_dir_bytes": dir,
             }),
-        },
-    });
+        ));
+    }
     Ok(())
 }
 

@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::Args;
-use super::load::{Limit, Progress, Sample, closed_loop};
-use super::report::Row;
+use super::load::{Limit, Progress, Sample, closed_loop, closed_loop_indexed};
+use super::report::{Row, Stats};
 
 /// What a workload needs besides its connections: the settings and the server's name (for
 /// rows and progress lines).
@@ -164,10 +164,12 @@ pub async fn range_load(ctx: &Ctx<'_>, chans: &[Channel], serializable: bool) ->
 }
 
 /// `--read-ratio` linearizable ranges (as the range workload), the rest puts to the key space.
-pub async fn mixed_load(ctx: &Ctx<'_>, chans: &[Channel]) -> Result<Sample> {
+/// Returns (all requests, the reads, the writes).
+pub async fn mixed_load(ctx: &Ctx<'_>, chans: &[Channel]) -> Result<(Sample, Sample, Sample)> {
     let a = Arc::new(ctx.args.clone());
+    let ratio = a.read_ratio;
     let value = vec![b'm'; a.val_size];
-    closed_loop(
+    let (elapsed, lat) = closed_loop_indexed(
         chans,
         a.clients,
         ctx.limit(a.total),
@@ -185,7 +187,11 @@ pub async fn mixed_load(ctx: &Ctx<'_>, chans: &[Channel]) -> Result<Sample> {
             }
         },
     )
-    .await
+    .await?;
+    let (reads, writes): (Vec<_>, Vec<_>) = lat.iter().partition(|(i, _)| is_read(ratio, *i));
+    let sample =
+        |v: Vec<&(usize, u64)>| Sample::new(v.len(), elapsed, v.iter().map(|l| l.1).collect());
+    Ok((sample(lat.iter().collect()), sample(reads), sample(writes)))
 }
 
 /// A guarded update in Kubernetes' shape: read the key, then a txn that puts only if its mod
@@ -392,67 +398,125 @@ pub async fn lease_load(ctx: &Ctx<'_>, chans: &[Channel]) -> Result<(Sample, Sam
     Ok((grants, keepalives))
 }
 
-/// The single-member workloads selected by `--workloads` over `chans`, appended to `rows`.
-pub async fn run_workloads(ctx: &Ctx<'_>, chans: &[Channel], rows: &mut Vec<Row>) -> Result<()> {
+/// One step of the single-member workloads (`Debug` names it in the progress lines); a server runs them in [`steps`]' order, and with
+/// several servers alive at once each step runs on every server before the next step starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Put,
+    Put1,
+    /// Writes the key space the range, txn-put and mixed loads read.
+    Prefill,
+    Range,
+    RangeS,
+    TxnPut,
+    Mixed,
+    Watch,
+    Lease,
+}
+
+/// The steps `--workloads` selects, in order.
+pub fn steps(args: &Args) -> Vec<Step> {
+    let mut out = Vec::new();
+    let mut add = |w: &str, step| {
+        if args.wants(w) {
+            out.push(step);
+        }
+    };
+    add("put", Step::Put);
+    add("put1", Step::Put1);
+    if ["range", "range-s", "txn-put", "mixed"]
+        .iter()
+        .any(|w| args.wants(w))
+    {
+        out.push(Step::Prefill);
+    }
+    let mut add = |w: &str, step| {
+        if args.wants(w) {
+            out.push(step);
+        }
+    };
+    add("range", Step::Range);
+    add("range-s", Step::RangeS);
+    add("txn-put", Step::TxnPut);
+    add("mixed", Step::Mixed);
+    add("watch", Step::Watch);
+    add("lease", Step::Lease);
+    out
+}
+
+/// Runs `step` over `chans`, appending its rows. `t0` is the watch load's clock.
+pub async fn run_step(
+    ctx: &Ctx<'_>,
+    chans: &[Channel],
+    step: Step,
+    t0: Instant,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let args = ctx.args;
-    let t0 = Instant::now();
     let range_what = if args.range_size > 1 {
         format!("{} keys", args.range_size)
     } else {
         "1 key".to_owned()
     };
-    if args.wants("put") {
-        let s = put_load(ctx, chans, args.clients, ctx.limit(args.total), "put").await?;
-        rows.push(ctx.row("put", format!("put ({} clients)", args.clients), &s));
-    }
-    if args.wants("put1") {
-        let s = put_load(ctx, &chans[..1], 1, ctx.limit(args.total / 10), "put1").await?;
-        rows.push(ctx.row("put1", "put (1 client)".to_owned(), &s));
-    }
-    if ["range", "range-s", "txn-put", "mixed"]
-        .iter()
-        .any(|w| args.wants(w))
-    {
-        prefill(ctx, chans, args.key_space_size, "prefill").await?;
-    }
-    if args.wants("range") {
-        let s = range_load(ctx, chans, false).await?;
-        rows.push(ctx.row("range", format!("range, linearizable ({range_what})"), &s));
-    }
-    if args.wants("range-s") {
-        let s = range_load(ctx, chans, true).await?;
-        rows.push(ctx.row("range-s", format!("range, serializable ({range_what})"), &s));
-    }
-    if args.wants("txn-put") {
-        let s = txn_put_load(ctx, chans).await?;
-        rows.push(ctx.row("txn-put", "guarded update (range + txn)".to_owned(), &s));
-    }
-    if args.wants("mixed") {
-        let s = mixed_load(ctx, chans).await?;
-        rows.push(ctx.row(
-            "mixed",
-            format!(
+    match step {
+        Step::Put => {
+            let s = put_load(ctx, chans, args.clients, ctx.limit(args.total), "put").await?;
+            rows.push(ctx.row("put", format!("put ({} clients)", args.clients), &s));
+        }
+        Step::Put1 => {
+            let s = put_load(ctx, &chans[..1], 1, ctx.limit(args.total / 10), "put1").await?;
+            rows.push(ctx.row("put1", "put (1 client)".to_owned(), &s));
+        }
+        Step::Prefill => {
+            prefill(ctx, chans, args.key_space_size, "prefill").await?;
+        }
+        Step::Range => {
+            let s = range_load(ctx, chans, false).await?;
+            rows.push(ctx.row("range", format!("range, linearizable ({range_what})"), &s));
+        }
+        Step::RangeS => {
+            let s = range_load(ctx, chans, true).await?;
+            rows.push(ctx.row("range-s", format!("range, serializable ({range_what})"), &s));
+        }
+        Step::TxnPut => {
+            let s = txn_put_load(ctx, chans).await?;
+            rows.push(ctx.row("txn-put", "guarded update (range + txn)".to_owned(), &s));
+        }
+        Step::Mixed => {
+            let (all, reads, writes) = mixed_load(ctx, chans).await?;
+            let title = format!(
                 "mixed: {:.0}% linearizable ranges ({range_what}), the rest puts",
                 args.read_ratio * 100.0
-            ),
-            &s,
-        ));
-    }
-    if args.wants("watch") {
-        let s = watch_load(ctx, chans, t0).await?;
-        rows.push(ctx.row(
-            "watch",
-            format!(
+            );
+            let mut row = ctx.row("mixed", title, &all);
+            row.extra
+                .insert("reads".to_owned(), Stats::from(&reads).json());
+            row.extra
+                .insert("writes".to_owned(), Stats::from(&writes).json());
+            rows.push(row);
+        }
+        Step::Watch => {
+            let s = watch_load(ctx, chans, t0).await?;
+            let title = format!(
                 "watch fan-out ({} watchers): events/s, put-to-event latency",
                 args.watchers
-            ),
-            &s,
-        ));
+            );
+            rows.push(ctx.row("watch", title, &s));
+        }
+        Step::Lease => {
+            let (g, k) = lease_load(ctx, chans).await?;
+            rows.push(ctx.row("lease-grant", "lease grant".to_owned(), &g));
+            rows.push(ctx.row("lease-keepalive", "lease keep-alive".to_owned(), &k));
+        }
     }
-    if args.wants("lease") {
-        let (g, k) = lease_load(ctx, chans).await?;
-        rows.push(ctx.row("lease-grant", "lease grant".to_owned(), &g));
-        rows.push(ctx.row("lease-keepalive", "lease keep-alive".to_owned(), &k));
+    Ok(())
+}
+
+/// The single-member workloads selected by `--workloads` over `chans`, appended to `rows`.
+pub async fn run_workloads(ctx: &Ctx<'_>, chans: &[Channel], rows: &mut Vec<Row>) -> Result<()> {
+    let t0 = Instant::now();
+    for step in steps(ctx.args) {
+        run_step(ctx, chans, step, t0, rows).await?;
     }
     Ok(())
 }
