@@ -12,11 +12,15 @@
 //! Service `c` (so member `k` is `c-k.c.ns.svc.d`), client Service `c-client`, ConfigMap
 //! `c-members`, PDB `c`, claims `data-c-k`.
 //!
+//! Probes: every member serves `/metrics`, `/livez` and `/readyz` on a plain-HTTP metrics
+//! listener (`--listen-metrics-urls=http://0.0.0.0:2381`, container port `metrics`), TLS or not;
+//! the liveness and readiness probes use it, so they never depend on the client listener.
+//!
 //! TLS: with `spec.tls.clientSecretName` members serve clients on `https` with the Secret's
-//! `tls.crt`/`tls.key` (etcd's `--cert-file`/`--key-file`) and the probes use HTTPS; client
-//! certificates are not required (`--client-cert-auth` and `--trusted-ca-file` would make both
-//! servers refuse the kubelet's probes, which present none). With `spec.tls.peerSecretName`
-//! peers use `https` with mutual authentication (`--peer-client-cert-auth`).
+//! `tls.crt`/`tls.key` (etcd's `--cert-file`/`--key-file`) and require client certificates
+//! signed by its `ca.crt` (`--client-cert-auth --trusted-ca-file`); the kubelet's probes, which
+//! present none, go to the metrics listener. With `spec.tls.peerSecretName` peers use `https`
+//! with mutual authentication (`--peer-client-cert-auth`).
 
 use std::collections::BTreeMap;
 
@@ -39,6 +43,10 @@ pub const MANAGER: &str = "concord-operator";
 pub const CLIENT_PORT: u16 = 2379;
 /// Peer port of every member.
 pub const PEER_PORT: u16 = 2380;
+/// Plain-HTTP metrics and health port of every member (the probes' port).
+pub const METRICS_PORT: u16 = 2381;
+/// Name of the metrics container port, which the probes name.
+const METRICS_PORT_NAME: &str = "metrics";
 /// Mount point of the member's data volume.
 const DATA_MOUNT: &str = "/var/lib/etcd";
 /// Name of the data volume (and of the claim template: claims are `data-<sts>-<k>`).
@@ -202,23 +210,17 @@ fn meta(cluster: &EtcdCluster, name: &str) -> ObjectMeta {
 }
 
 fn ports() -> Vec<ServicePort> {
-    vec![
-        ServicePort {
-            name: Some("client".into()),
-            port: CLIENT_PORT.into(),
-            target_port: Some(IntOrString::Int(CLIENT_PORT.into())),
-            // Server-side apply on 1.20 needs the list key spelled out.
+    // Server-side apply on 1.20 needs the list key (`protocol`) spelled out.
+    [("client", CLIENT_PORT), ("peer", PEER_PORT)]
+        .into_iter()
+        .map(|(name, port)| ServicePort {
+            name: Some(name.into()),
+            port: port.into(),
+            target_port: Some(IntOrString::Int(port.into())),
             protocol: Some("TCP".into()),
             ..Default::default()
-        },
-        ServicePort {
-            name: Some("peer".into()),
-            port: PEER_PORT.into(),
-            target_port: Some(IntOrString::Int(PEER_PORT.into())),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-    ]
+        })
+        .collect()
 }
 
 /// The headless Service: every member gets `<pod>.<svc>.<ns>.svc`, ready or not (a member must
@@ -301,11 +303,14 @@ pub fn member_args(cluster: &EtcdCluster) -> Vec<String> {
         format!("--listen-peer-urls={peer_scheme}://0.0.0.0:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls={peer_scheme}://{host}:{PEER_PORT}"),
         format!("--initial-cluster-token={token}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
     ];
     if names.client_tls {
         args.extend([
             format!("--cert-file={CLIENT_TLS_MOUNT}/tls.crt"),
             format!("--key-file={CLIENT_TLS_MOUNT}/tls.key"),
+            format!("--trusted-ca-file={CLIENT_TLS_MOUNT}/ca.crt"),
+            "--client-cert-auth=true".to_owned(),
         ]);
     }
     if names.peer_tls {
@@ -320,12 +325,13 @@ pub fn member_args(cluster: &EtcdCluster) -> Vec<String> {
     args
 }
 
-fn http_probe(path: &str, tls: bool, period: i32, failures: i32, initial_delay: i32) -> Probe {
+/// A probe of `path` on the plain-HTTP metrics port.
+fn http_probe(path: &str, period: i32, failures: i32, initial_delay: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::Int(CLIENT_PORT.into()),
-            scheme: Some(if tls { "HTTPS" } else { "HTTP" }.into()),
+            port: IntOrString::String(METRICS_PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
             ..Default::default()
         }),
         initial_delay_seconds: Some(initial_delay),
@@ -427,22 +433,23 @@ pub fn statefulset(cluster: &EtcdCluster, replicas: u32) -> StatefulSet {
             }),
             ..Default::default()
         }]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".into()),
-                container_port: CLIENT_PORT.into(),
+        ports: Some(
+            [
+                ("client", CLIENT_PORT),
+                ("peer", PEER_PORT),
+                (METRICS_PORT_NAME, METRICS_PORT),
+            ]
+            .into_iter()
+            .map(|(name, port)| ContainerPort {
+                name: Some(name.into()),
+                container_port: port.into(),
                 protocol: Some("TCP".into()),
                 ..Default::default()
-            },
-            ContainerPort {
-                name: Some("peer".into()),
-                container_port: PEER_PORT.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
-        readiness_probe: Some(http_probe("/readyz", names.client_tls, 5, 3, 1)),
-        liveness_probe: Some(http_probe("/livez", names.client_tls, 10, 6, 15)),
+            })
+            .collect(),
+        ),
+        readiness_probe: Some(http_probe("/readyz", 5, 3, 1)),
+        liveness_probe: Some(http_probe("/livez", 10, 6, 15)),
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         ..Default::default()
@@ -507,6 +514,34 @@ mod tests {
         c
     }
 
+    /// The container's arguments.
+    fn args_of(ctr: &serde_json::Value) -> Vec<&str> {
+        ctr["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect()
+    }
+
+    /// Readiness on `/readyz` and liveness on `/livez`, both plain HTTP on the container port
+    /// named `metrics`, which is 2381.
+    fn assert_probes_on_metrics_port(ctr: &serde_json::Value) {
+        for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")] {
+            let get = &ctr[probe]["httpGet"];
+            assert_eq!(get["path"], path, "{probe}");
+            assert_eq!(get["scheme"], "HTTP", "{probe}");
+            assert_eq!(get["port"], "metrics", "{probe}");
+        }
+        let ports = ctr["ports"].as_array().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"] == 2381),
+            "{ports:?}"
+        );
+    }
+
     #[test]
     fn names_and_ordinals() {
         let n = Names::of(&cluster(r#"{"clusterDomain": ""}"#));
@@ -550,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn client_and_peer_tls_use_https_the_secrets_and_https_probes() {
+    fn client_and_peer_tls_use_https_the_secrets_and_require_client_certificates() {
         let c = cluster(
             r#"{"clusterDomain": "", "tls": {"clientSecretName": "cli", "peerSecretName": "peer"}}"#,
         );
@@ -560,17 +595,15 @@ mod tests {
         let sts = serde_json::to_value(statefulset(&c, 3)).unwrap();
         let pod = &sts["spec"]["template"]["spec"];
         let ctr = &pod["containers"][0];
-        let args: Vec<&str> = ctr["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = args_of(ctr);
         for want in [
             "--listen-client-urls=https://0.0.0.0:2379",
             "--advertise-client-urls=https://$(POD_NAME).c.ns.svc:2379",
             "--cert-file=/etc/etcd/client-tls/tls.crt",
             "--key-file=/etc/etcd/client-tls/tls.key",
+            "--trusted-ca-file=/etc/etcd/client-tls/ca.crt",
+            "--client-cert-auth=true",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
             "--listen-peer-urls=https://0.0.0.0:2380",
             "--peer-cert-file=/etc/etcd/peer-tls/tls.crt",
             "--peer-trusted-ca-file=/etc/etcd/peer-tls/ca.crt",
@@ -578,11 +611,8 @@ mod tests {
         ] {
             assert!(args.contains(&want), "{want} not in {args:?}");
         }
-        // Probes present no client certificate, so none is required of clients.
-        assert!(!args.iter().any(|a| a.starts_with("--client-cert-auth")));
-        assert!(!args.iter().any(|a| a.starts_with("--trusted-ca-file")));
-        assert_eq!(ctr["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
-        assert_eq!(ctr["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        // Probes present no client certificate: they go to the plain metrics listener.
+        assert_probes_on_metrics_port(ctr);
         let secrets: Vec<(&str, &str)> = pod["volumes"]
             .as_array()
             .unwrap()
@@ -614,26 +644,22 @@ mod tests {
         let sts = serde_json::to_value(statefulset(&c, 3)).unwrap();
         let ctr = &sts["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(ctr["command"][0], "/usr/local/bin/etcd");
-        let args: Vec<&str> = ctr["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = args_of(ctr);
         assert!(args.contains(&"--name=$(POD_NAME)"));
         assert!(args.contains(
             &"--initial-advertise-peer-urls=http://$(POD_NAME).c.ns.svc.cluster.local:2380"
         ));
-        assert_eq!(ctr["readinessProbe"]["httpGet"]["scheme"], "HTTP");
         assert!(args.contains(&"--initial-cluster-token=ns-c-1234abcd"));
+        assert!(args.contains(&"--listen-metrics-urls=http://0.0.0.0:2381"));
+        assert!(!args.iter().any(|a| a.starts_with("--client-cert-auth")));
+        assert!(!args.iter().any(|a| a.starts_with("--trusted-ca-file")));
+        assert_probes_on_metrics_port(ctr);
         assert_eq!(args.last(), Some(&"--quota-backend-bytes=1000000"));
         assert_eq!(
             ctr["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.name"
         );
         assert_eq!(ctr["envFrom"][0]["configMapRef"]["name"], "c-members");
-        assert_eq!(ctr["readinessProbe"]["httpGet"]["path"], "/readyz");
-        assert_eq!(ctr["livenessProbe"]["httpGet"]["path"], "/livez");
         assert_eq!(sts["spec"]["replicas"], 3);
         assert_eq!(sts["spec"]["serviceName"], "c");
         assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");

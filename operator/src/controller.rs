@@ -13,7 +13,9 @@
 //! [`Context::endpoint`]). With `spec.tls.clientSecretName` they are dialled over `https`,
 //! verified with the Secret's `ca.crt` and presenting its `tls.crt`/`tls.key`, read afresh at
 //! every reconcile (a rotated Secret is picked up); a Secret that is missing or lacks a key
-//! blocks every step with a Degraded `ClientTlsSecretInvalid` condition.
+//! blocks every step, and any roll-out of the StatefulSet template, with a Degraded
+//! `ClientTlsSecretInvalid` condition. Secrets are watched: one that appears or changes
+//! reconciles the clusters naming it in `spec.tls` at once ([`clusters_naming_secret`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -52,6 +54,9 @@ const REQUEUE_WAIT: Duration = Duration::from_secs(5);
 const REQUEUE_BLOCKED: Duration = Duration::from_secs(15);
 /// Requeue when converged (to refresh member health).
 const REQUEUE_IDLE: Duration = Duration::from_secs(30);
+/// Requeue while the client TLS Secret is missing or unusable: only a safety net, since the
+/// Secret watch reconciles the cluster as soon as the Secret appears or changes.
+const REQUEUE_SECRET: Duration = Duration::from_secs(300);
 
 /// Maps `(names, ordinal)` to the client URL the operator dials.
 pub type EndpointFn = Arc<dyn Fn(&Names, u32) -> String + Send + Sync>;
@@ -116,6 +121,23 @@ fn member_tls(name: &str, secret: &Secret) -> std::result::Result<MemberTls, Str
     MemberTls::new(ca, Some((cert, tls_key))).map_err(|e| format!("client TLS Secret {name}: {e}"))
 }
 
+/// The first member (name, URL) whose first URL in `urls_of` is not `https` when `tls`, or not
+/// `http` otherwise; members with no URL there (not started yet) are skipped.
+fn first_other_scheme<'a>(
+    tls: bool,
+    members: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
+) -> Option<(&'a String, &'a String)> {
+    let want = if tls { "https://" } else { "http://" };
+    members.into_iter().find_map(|(name, urls)| {
+        let url = urls.first()?;
+        (!url.starts_with(want)).then_some((name, url))
+    })
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
+}
+
 /// A member whose peer URL scheme is not the one the spec asks for (`https` with
 /// `spec.tls.peerSecretName`): members cannot switch peer TLS in place, since their peers keep
 /// dialling the URLs in the member list.
@@ -123,22 +145,54 @@ fn peer_scheme_conflict<'a>(
     names: &Names,
     members: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
 ) -> Option<String> {
-    let want = if names.peer_tls {
-        "https://"
-    } else {
-        "http://"
+    let (name, url) = first_other_scheme(names.peer_tls, members)?;
+    Some(format!(
+        "member {name} has peer URL {url}, but the spec asks for {} peer URLs \
+         (spec.tls.peerSecretName): peer TLS cannot be switched on a running cluster; \
+         restore the previous setting",
+        scheme(names.peer_tls)
+    ))
+}
+
+/// A member still publishing client URLs of the other scheme than the spec's (`https` with
+/// `spec.tls.clientSecretName`): client TLS was switched, and the StatefulSet's rolling update
+/// has not restarted that member with the new flags yet (a member publishes its client URLs
+/// through raft when it starts; its peer URL and data stay).
+fn client_scheme_rollout<'a>(
+    names: &Names,
+    members: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>,
+) -> Option<String> {
+    let (name, url) = first_other_scheme(names.client_tls, members)?;
+    Some(format!(
+        "member {name} still serves clients at {url}; the StatefulSet restarts members one at \
+         a time with {} client URLs (spec.tls.clientSecretName)",
+        scheme(names.client_tls)
+    ))
+}
+
+/// Reason of the Degraded condition while the client TLS Secret is missing or unusable.
+const SECRET_INVALID: &str = "ClientTlsSecretInvalid";
+
+/// The clusters among `clusters` that name `secret` in `spec.tls` (client or peer Secret, same
+/// namespace): what a change of that Secret must reconcile.
+pub fn clusters_naming_secret<'a>(
+    secret: &Secret,
+    clusters: impl IntoIterator<Item = &'a EtcdCluster>,
+) -> Vec<ObjectRef<EtcdCluster>> {
+    let (Some(name), Some(ns)) = (secret.metadata.name.as_deref(), secret.namespace()) else {
+        return vec![];
     };
-    members.into_iter().find_map(|(name, urls)| {
-        let url = urls.first()?;
-        (!url.starts_with(want)).then(|| {
-            format!(
-                "member {name} has peer URL {url}, but the spec asks for {} peer URLs \
-                 (spec.tls.peerSecretName): peer TLS cannot be switched on a running cluster; \
-                 restore the previous setting",
-                want.trim_end_matches("://")
-            )
+    clusters
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|c| {
+            c.spec.tls.as_ref().is_some_and(|t| {
+                t.client_secret_name.as_deref() == Some(name)
+                    || t.peer_secret_name.as_deref() == Some(name)
+            })
         })
-    })
+        .map(ObjectRef::from_obj)
+        .collect()
 }
 
 /// Picks the PodDisruptionBudget API from discovery: `policy/v1`, else `policy/v1beta1`, else
@@ -318,21 +372,40 @@ impl EtcdCluster {
         if let Some(sts) = &seen.sts
             && let Some(r) = sts.spec.as_ref().and_then(|s| s.replicas)
             && peer_conflict.is_none()
+            && tls_problem.is_none()
         {
             // Template changes (image, resources, flags) roll out; replicas stay as they are.
+            // Not while the client TLS Secret is unusable: pods would restart without it.
             self.apply_statefulset(ctx, r.max(0) as u32).await?;
         }
 
         let step = match (tls_problem, peer_conflict) {
             (Some(message), _) => Step::Blocked {
-                reason: "ClientTlsSecretInvalid",
+                reason: SECRET_INVALID,
                 message,
             },
             (None, Some(message)) => Step::Blocked {
                 reason: "PeerTlsChangeUnsupported",
                 message,
             },
-            (None, None) => planner::plan(&obs),
+            (None, None) => match planner::plan(&obs) {
+                // Membership is as specified, but members still roll onto the new client
+                // scheme: say so rather than Converged.
+                Step::Converged => seen
+                    .members
+                    .as_ref()
+                    .and_then(|ms| {
+                        client_scheme_rollout(
+                            &names,
+                            ms.iter().map(|m| (&m.member.name, &m.member.client_urls)),
+                        )
+                    })
+                    .map_or(Step::Converged, |message| Step::Wait {
+                        reason: "ClientTlsRollout",
+                        message,
+                    }),
+                step => step,
+            },
         };
         tracing::info!(cluster = %names.cluster, namespace = %ns, ?step, "planned");
 
@@ -345,6 +418,10 @@ impl EtcdCluster {
         if step.action().is_none() {
             return Ok(Action::requeue(match step {
                 Step::Converged => REQUEUE_IDLE,
+                Step::Blocked {
+                    reason: SECRET_INVALID,
+                    ..
+                } => REQUEUE_SECRET,
                 Step::Blocked { .. } => REQUEUE_BLOCKED,
                 _ => REQUEUE_WAIT,
             }));
@@ -1014,21 +1091,31 @@ pub async fn run(
         }
     }
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=concord-operator");
-    let mut controller = Controller::new(
+    let controller = Controller::new(
         api::<EtcdCluster>(&client, &namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-    .watches(
-        api::<Pod>(&client, &namespace),
-        owned.clone(),
-        |pod: Pod| {
-            let name = pod.labels().get("app.kubernetes.io/instance")?.clone();
-            Some(ObjectRef::<EtcdCluster>::new(&name).within(&pod.namespace()?))
-        },
     );
+    // A TLS Secret that appears or changes reconciles the clusters naming it at once.
+    let clusters = controller.store();
+    let mut controller = controller
+        .watches(
+            api::<Secret>(&client, &namespace),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                clusters_naming_secret(&secret, clusters.state().iter().map(|c| c.as_ref()))
+            },
+        )
+        .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+        .watches(
+            api::<Pod>(&client, &namespace),
+            owned.clone(),
+            |pod: Pod| {
+                let name = pod.labels().get("app.kubernetes.io/instance")?.clone();
+                Some(ObjectRef::<EtcdCluster>::new(&name).within(&pod.namespace()?))
+            },
+        );
     if let Some(ar) = ctx.pdb.clone() {
         let pdbs: Api<DynamicObject> = match &namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -1146,92 +1233,105 @@ mod tests {
         }
     }
 
+    /// The observation of a cluster with no StatefulSet and no pods: the Services, the client
+    /// TLS Secret (`secret`: its name, answered 404), the StatefulSet (404), the pods, the claims
+    /// (`claims`), then the budget's apply, whose body is returned.
+    async fn expect_nothing_running(
+        handle: &mut Handle,
+        secret: Option<&str>,
+        claims: bool,
+    ) -> Value {
+        expect_services(handle).await;
+        let mut gets = vec![];
+        if let Some(s) = secret {
+            gets.push((
+                format!("/api/v1/namespaces/ns/secrets/{s}"),
+                404,
+                not_found(),
+            ));
+        }
+        gets.push((
+            "/apis/apps/v1/namespaces/ns/statefulsets/c".into(),
+            404,
+            not_found(),
+        ));
+        gets.push((
+            "/api/v1/namespaces/ns/pods".into(),
+            200,
+            empty_list("PodList"),
+        ));
+        if claims {
+            gets.push((
+                "/api/v1/namespaces/ns/persistentvolumeclaims".into(),
+                200,
+                empty_list("PersistentVolumeClaimList"),
+            ));
+        }
+        for (path, code, reply) in gets {
+            expect(handle, "GET", &path, code, reply).await;
+        }
+        let (_, pdb) = expect(
+            handle,
+            "PATCH",
+            "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
+            200,
+            Value::Null,
+        )
+        .await;
+        pdb
+    }
+
+    /// The status merge patch: its `status`.
+    async fn expect_status(handle: &mut Handle) -> Value {
+        let reply = json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}});
+        let path = "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status";
+        let (_, body) = expect(handle, "PATCH", path, 200, reply).await;
+        body["status"].clone()
+    }
+
+    /// The condition of type `t` in `status`.
+    fn cond(status: &Value, t: &str) -> Value {
+        let conds = status["conditions"].as_array().unwrap();
+        conds.iter().find(|c| c["type"] == t).unwrap().clone()
+    }
+
+    /// A server-side apply of `path`: its body.
+    async fn expect_apply(handle: &mut Handle, path: &str) -> Value {
+        expect(handle, "PATCH", path, 200, Value::Null).await.1
+    }
+
+    /// An Event: its body.
+    async fn expect_event(handle: &mut Handle) -> Value {
+        let path = "/apis/events.k8s.io/v1/namespaces/ns/events";
+        expect(handle, "POST", path, 201, Value::Null).await.1
+    }
+
+    const CONFIGMAP: &str = "/api/v1/namespaces/ns/configmaps/c-members";
+    const STATEFULSET: &str = "/apis/apps/v1/namespaces/ns/statefulsets/c";
+
     #[tokio::test]
     async fn new_cluster_records_then_bootstraps() {
         let (ctx, mut handle) = context();
         let c = cluster("{}", None);
         let api = tokio::spawn(async move {
-            expect_services(&mut handle).await;
-            expect(
-                &mut handle,
-                "GET",
-                "/apis/apps/v1/namespaces/ns/statefulsets/c",
-                404,
-                not_found(),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/ns/pods",
-                200,
-                empty_list("PodList"),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/ns/persistentvolumeclaims",
-                200,
-                empty_list("PersistentVolumeClaimList"),
-            )
-            .await;
-            let (_, pdb) = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
-                200,
-                Value::Null,
-            )
-            .await;
+            let pdb = expect_nothing_running(&mut handle, None, true).await;
             assert_eq!(pdb["apiVersion"], "policy/v1beta1");
             assert_eq!(pdb["spec"]["minAvailable"], 1);
             // The intent is in status before anything is created.
-            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
-            let st = &st["status"];
+            let st = expect_status(&mut handle).await;
             assert_eq!(st["pendingOperation"]["action"], "Bootstrap");
             assert_eq!(st["observedGeneration"], 4);
-            let cond = |t: &str| {
-                st["conditions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["type"] == t)
-                    .unwrap()
-                    .clone()
-            };
-            assert_eq!(cond("Progressing")["reason"], "Bootstrap");
-            assert_eq!(cond("Available")["reason"], "Bootstrapping");
-            let (_, cm) = expect(
-                &mut handle,
-                "PATCH",
-                "/api/v1/namespaces/ns/configmaps/c-members",
-                200,
-                Value::Null,
-            )
-            .await;
+            assert_eq!(cond(&st, "Progressing")["reason"], "Bootstrap");
+            assert_eq!(cond(&st, "Available")["reason"], "Bootstrapping");
+            let cm = expect_apply(&mut handle, CONFIGMAP).await;
             assert_eq!(cm["data"]["ETCD_INITIAL_CLUSTER_STATE"], "new");
             assert_eq!(
                 cm["data"]["ETCD_INITIAL_CLUSTER"],
                 "c-0=http://c-0.c.ns.svc.cluster.local:2380"
             );
-            let (_, sts) = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/apps/v1/namespaces/ns/statefulsets/c",
-                200,
-                Value::Null,
-            )
-            .await;
+            let sts = expect_apply(&mut handle, STATEFULSET).await;
             assert_eq!(sts["spec"]["replicas"], 1);
-            let (_, ev) = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/ns/events",
-                201,
-                Value::Null,
-            )
-            .await;
+            let ev = expect_event(&mut handle).await;
             assert_eq!(ev["reason"], "Bootstrapping");
             assert_eq!(ev["type"], "Normal");
         });
@@ -1264,69 +1364,22 @@ mod tests {
             Some(status),
         );
         let api = tokio::spawn(async move {
-            expect_services(&mut handle).await;
-            expect(
-                &mut handle,
-                "GET",
-                "/apis/apps/v1/namespaces/ns/statefulsets/c",
-                404,
-                not_found(),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/ns/pods",
-                200,
-                empty_list("PodList"),
-            )
-            .await;
             // emptyDir: no claims listed. Members do not answer: no ConfigMap change here.
-            let (_, pdb) = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
-                200,
-                Value::Null,
-            )
-            .await;
+            let pdb = expect_nothing_running(&mut handle, None, false).await;
             assert_eq!(
                 pdb["spec"]["minAvailable"], 2,
                 "quorum of the last known 3 voters"
             );
-            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
-            let st = &st["status"];
+            let st = expect_status(&mut handle).await;
             assert_eq!(st["pendingOperation"]["action"], "SetReplicas");
             assert_eq!(st["pendingOperation"]["replicas"], 3);
             assert_eq!(st["readyMembers"], 0);
             assert_eq!(st["leader"], Value::Null);
-            let (_, cm) = expect(
-                &mut handle,
-                "PATCH",
-                "/api/v1/namespaces/ns/configmaps/c-members",
-                200,
-                Value::Null,
-            )
-            .await;
+            let cm = expect_apply(&mut handle, CONFIGMAP).await;
             assert_eq!(cm["data"]["ETCD_INITIAL_CLUSTER_STATE"], "existing");
-            let (_, sts) = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/apps/v1/namespaces/ns/statefulsets/c",
-                200,
-                Value::Null,
-            )
-            .await;
+            let sts = expect_apply(&mut handle, STATEFULSET).await;
             assert_eq!(sts["spec"]["replicas"], 3);
-            let (_, ev) = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/ns/events",
-                201,
-                Value::Null,
-            )
-            .await;
-            assert_eq!(ev["reason"], "Scaled");
+            assert_eq!(expect_event(&mut handle).await["reason"], "Scaled");
         });
         c.reconcile(&ctx).await.unwrap();
         api.await.unwrap();
@@ -1340,49 +1393,10 @@ mod tests {
             None,
         );
         let api = tokio::spawn(async move {
-            expect_services(&mut handle).await;
-            expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/ns/secrets/s",
-                404,
-                not_found(),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "GET",
-                "/apis/apps/v1/namespaces/ns/statefulsets/c",
-                404,
-                not_found(),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "GET",
-                "/api/v1/namespaces/ns/pods",
-                200,
-                empty_list("PodList"),
-            )
-            .await;
-            expect(
-                &mut handle,
-                "PATCH",
-                "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/c",
-                200,
-                Value::Null,
-            )
-            .await;
-            let (_, st) = expect(&mut handle, "PATCH", "/apis/concord.dev/v1alpha1/namespaces/ns/etcdclusters/c/status", 200, json!({"apiVersion": "concord.dev/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": "c"}, "spec": {}})).await;
-            let st = &st["status"];
+            expect_nothing_running(&mut handle, Some("s"), false).await;
+            let st = expect_status(&mut handle).await;
             assert_eq!(st["pendingOperation"], Value::Null);
-            let degraded = st["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Degraded")
-                .unwrap()
-                .clone();
+            let degraded = cond(&st, "Degraded");
             assert_eq!(degraded["status"], "True");
             assert_eq!(degraded["reason"], "ClientTlsSecretInvalid");
             assert!(
@@ -1392,14 +1406,7 @@ mod tests {
                     .contains("does not exist"),
                 "{degraded}"
             );
-            let (_, ev) = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/ns/events",
-                201,
-                Value::Null,
-            )
-            .await;
+            let ev = expect_event(&mut handle).await;
             assert_eq!(ev["type"], "Warning");
             assert_eq!(ev["reason"], "ClientTlsSecretInvalid");
             // Nothing else: no StatefulSet, no ConfigMap.
@@ -1410,24 +1417,71 @@ mod tests {
             );
         });
         let action = c.reconcile(&ctx).await.unwrap();
-        assert_eq!(action, Action::requeue(REQUEUE_BLOCKED));
+        // The Secret watch wakes the cluster; the requeue is only a safety net.
+        assert_eq!(action, Action::requeue(REQUEUE_SECRET));
         api.await.unwrap();
     }
 
     #[test]
-    fn switching_peer_tls_under_running_members_is_refused() {
-        let plain = Names::of(&cluster("{}", None));
-        let tls = Names::of(&cluster(r#"{"tls": {"peerSecretName": "p"}}"#, None));
+    fn a_secret_maps_to_the_clusters_of_its_namespace_naming_it() {
+        let named = |name: &str, ns: &str, spec: &str| {
+            let mut c = cluster(spec, None);
+            c.metadata.name = Some(name.into());
+            c.metadata.namespace = Some(ns.into());
+            c
+        };
+        let clusters = [
+            named("a", "ns", r#"{"tls": {"clientSecretName": "s"}}"#),
+            named("b", "ns", r#"{"tls": {"peerSecretName": "s"}}"#),
+            named("c", "ns", r#"{"tls": {"clientSecretName": "t"}}"#),
+            named("d", "other", r#"{"tls": {"clientSecretName": "s"}}"#),
+            named("e", "ns", "{}"),
+        ];
+        let secret = |name: &str, ns: &str| Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let refs = |s: &Secret| -> Vec<String> {
+            clusters_naming_secret(s, &clusters)
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name))
+                .collect()
+        };
+        assert_eq!(refs(&secret("s", "ns")), ["ns/a", "ns/b"]);
+        assert_eq!(refs(&secret("t", "ns")), ["ns/c"]);
+        assert_eq!(refs(&secret("s", "other")), ["other/d"]);
+        assert!(refs(&secret("u", "ns")).is_empty());
+        assert!(refs(&Secret::default()).is_empty());
+    }
+
+    #[test]
+    fn members_on_the_other_scheme_refuse_a_peer_switch_and_mark_a_client_roll_out() {
         let (a, b) = ("c-0".to_owned(), "c-1".to_owned());
         let http = vec!["http://c-0.c.ns.svc.cluster.local:2380".to_owned()];
         let https = vec!["https://c-1.c.ns.svc.cluster.local:2380".to_owned()];
-        let none = vec![];
+        let unstarted = vec![];
         assert_eq!(
-            peer_scheme_conflict(&plain, [(&a, &http), (&b, &none)]),
+            first_other_scheme(false, [(&a, &http), (&b, &unstarted)]),
             None
         );
-        assert_eq!(peer_scheme_conflict(&tls, [(&b, &https)]), None);
-        let why = peer_scheme_conflict(&tls, [(&b, &https), (&a, &http)]).unwrap();
+        assert_eq!(first_other_scheme(true, [(&b, &https)]), None);
+        assert_eq!(
+            first_other_scheme(true, [(&b, &https), (&a, &http)]),
+            Some((&a, &http[0]))
+        );
+        assert_eq!(
+            first_other_scheme(false, [(&b, &https)]),
+            Some((&b, &https[0]))
+        );
+        let plain = Names::of(&cluster("{}", None));
+        let peer_tls = Names::of(&cluster(r#"{"tls": {"peerSecretName": "p"}}"#, None));
+        let client_tls = Names::of(&cluster(r#"{"tls": {"clientSecretName": "s"}}"#, None));
+        // Peer TLS cannot be switched under running members.
+        let why = peer_scheme_conflict(&peer_tls, [(&a, &http)]).unwrap();
         assert!(
             why.starts_with("member c-0 has peer URL http://c-0.")
                 && why.contains("asks for https peer URLs"),
@@ -1435,6 +1489,17 @@ mod tests {
         );
         let why = peer_scheme_conflict(&plain, [(&b, &https)]).unwrap();
         assert!(why.contains("asks for http peer URLs"), "{why}");
+        assert_eq!(peer_scheme_conflict(&client_tls, [(&a, &http)]), None);
+        // A client TLS switch rolls out until every member published the new scheme.
+        let why = client_scheme_rollout(&client_tls, [(&a, &http)]).unwrap();
+        assert!(
+            why.starts_with("member c-0 still serves clients at http://c-0.")
+                && why.contains("with https client URLs"),
+            "{why}"
+        );
+        let why = client_scheme_rollout(&plain, [(&b, &https)]).unwrap();
+        assert!(why.contains("with http client URLs"), "{why}");
+        assert_eq!(client_scheme_rollout(&peer_tls, [(&a, &http)]), None);
     }
 
     #[test]

@@ -162,9 +162,11 @@ impl Default for StorageSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Secret for the client listener: members serve `https` with its `tls.crt` and `tls.key`;
-    /// the operator verifies them with its `ca.crt` and presents `tls.crt` as its client
-    /// certificate (members do not require one, since probes present none).
+    /// Secret for the client listener: members serve `https` with its `tls.crt` and `tls.key`
+    /// and require client certificates signed by its `ca.crt`; the operator verifies members
+    /// with `ca.crt` and presents `tls.crt` as its client certificate (so `tls.crt` must allow
+    /// client authentication too). Switching it on or off under running members restarts them
+    /// one at a time with the new flags (a StatefulSet rolling update).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_name: Option<String>,
     /// Secret for peer traffic between members (`https`, mutually authenticated: the

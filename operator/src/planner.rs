@@ -551,349 +551,258 @@ mod tests {
         o.members.as_mut().unwrap()
     }
 
-    struct TestCase {
-        name: &'static str,
-        obs: Observation,
-        want: Step,
+    /// `o` after `edit`.
+    fn with(mut o: Observation, edit: impl FnOnce(&mut Observation)) -> Observation {
+        edit(&mut o);
+        o
     }
-
-    fn wait(reason: &'static str) -> impl Fn(&Step) -> bool {
-        move |s| matches!(s, Step::Wait { reason: r, .. } if *r == reason)
+    /// `steady(n)` with `desired` members asked for and `pending` recorded.
+    fn asked(n: u32, desired: u32, pending: Option<Operation>) -> Observation {
+        Observation {
+            desired: desired as i32,
+            pending,
+            ..steady(n)
+        }
     }
-    fn blocked(reason: &'static str) -> impl Fn(&Step) -> bool {
-        move |s| matches!(s, Step::Blocked { reason: r, .. } if *r == reason)
+    /// A steady 3-member cluster in which member `k` was removed and its old pod `uid-k` is
+    /// recorded for wiping; `replaced` gives the pod a new UID (not ready yet).
+    fn wiping(k: u32, replaced: bool) -> Observation {
+        with(
+            asked(
+                3,
+                3,
+                Some(op(Action::Wipe, k, None, Some(&format!("uid-{k}")))),
+            ),
+            |o| {
+                members_mut(o).remove(k as usize);
+                if replaced {
+                    o.pods[k as usize].uid = format!("uid-{k}b");
+                    o.pods[k as usize].ready = false;
+                }
+            },
+        )
+    }
+    /// Removal of member `k` (id `0x100 + k`).
+    fn remove(k: u32, repair: bool) -> Step {
+        Step::Remove {
+            id: 0x100 + u64::from(k),
+            ordinal: k,
+            repair,
+        }
+    }
+    fn wipe(k: u32, uid: &str) -> Step {
+        Step::Wipe {
+            ordinal: k,
+            pod_uid: Some(uid.into()),
+        }
     }
 
     #[test]
     fn exact_steps() {
-        let cases = vec![
-            TestCase {
-                name: "new cluster bootstraps",
-                obs: Observation {
+        let failing = |o: &mut Observation, k: usize| {
+            members_mut(o)[k].healthy = false;
+            o.pods[k].ready = false;
+            o.pods[k].failing = true;
+        };
+        let repair_recorded = |k: u32| {
+            asked(
+                3,
+                3,
+                Some(op(
+                    Action::RemoveForRepair,
+                    k,
+                    Some(0x100 + u64::from(k)),
+                    None,
+                )),
+            )
+        };
+        let cases: Vec<(&str, Observation, Step)> = vec![
+            (
+                "new cluster bootstraps",
+                Observation {
                     desired: 3,
                     ..Default::default()
                 },
-                want: Step::Bootstrap,
-            },
-            TestCase {
-                name: "converged",
-                obs: steady(3),
-                want: Step::Converged,
-            },
-            TestCase {
-                name: "bootstrapped single member grows: learner for ordinal 1",
-                obs: Observation {
-                    desired: 3,
-                    ..steady(1)
-                },
-                want: Step::AddLearner { ordinal: 1 },
-            },
-            TestCase {
-                name: "learner added (crash before the StatefulSet grew): bump replicas",
-                obs: {
-                    let mut o = Observation {
-                        desired: 4,
-                        pending: Some(op(Action::AddLearner, 3, None, None)),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).push(learner(3, false));
-                    o
-                },
-                want: Step::SetReplicas { replicas: 4 },
-            },
-            TestCase {
-                name: "learner started and healthy: promote",
-                obs: {
-                    let mut o = Observation {
-                        desired: 4,
-                        statefulset_replicas: Some(4),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).push(learner(3, true));
+                Step::Bootstrap,
+            ),
+            ("converged", steady(3), Step::Converged),
+            (
+                "bootstrapped single member grows: learner for ordinal 1",
+                asked(1, 3, None),
+                Step::AddLearner { ordinal: 1 },
+            ),
+            (
+                "learner added (crash before the StatefulSet grew): bump replicas",
+                with(
+                    asked(3, 4, Some(op(Action::AddLearner, 3, None, None))),
+                    |o| members_mut(o).push(learner(3, false)),
+                ),
+                Step::SetReplicas { replicas: 4 },
+            ),
+            (
+                "learner started and healthy: promote",
+                with(asked(3, 4, None), |o| {
+                    o.statefulset_replicas = Some(4);
+                    members_mut(o).push(learner(3, true));
                     o.pods.push(pod(3));
-                    o
-                },
-                want: Step::Promote {
+                }),
+                Step::Promote {
                     id: 0x103,
                     ordinal: 3,
                 },
-            },
-            TestCase {
-                name: "promoted (crash before status update): next learner",
-                obs: Observation {
-                    desired: 5,
-                    pending: Some(op(Action::Promote, 3, Some(0x103), None)),
-                    ..steady(4)
-                },
-                want: Step::AddLearner { ordinal: 4 },
-            },
-            TestCase {
-                name: "scale down: remove the highest ordinal first",
-                obs: Observation {
-                    desired: 3,
-                    ..steady(5)
-                },
-                want: Step::Remove {
-                    id: 0x104,
-                    ordinal: 4,
-                    repair: false,
-                },
-            },
-            TestCase {
-                name: "scale down of the leader: move leadership to the lowest healthy voter",
-                obs: {
-                    let mut o = Observation {
-                        desired: 2,
-                        ..steady(3)
-                    };
-                    let ms = members_mut(&mut o);
+            ),
+            (
+                "promoted (crash before status update): next learner",
+                asked(4, 5, Some(op(Action::Promote, 3, Some(0x103), None))),
+                Step::AddLearner { ordinal: 4 },
+            ),
+            (
+                "scale down: remove the highest ordinal first",
+                asked(5, 3, None),
+                remove(4, false),
+            ),
+            (
+                "scale down of the leader: move leadership to the lowest healthy voter",
+                with(asked(3, 2, None), |o| {
+                    let ms = members_mut(o);
                     ms[0].leader = false;
                     ms[2].leader = true;
-                    o
-                },
-                want: Step::MoveLeader {
+                }),
+                Step::MoveLeader {
                     from: 0x102,
                     to: 0x100,
                 },
-            },
-            TestCase {
-                name: "member removed (crash before shrink): shrink",
-                obs: {
-                    let mut o = Observation {
-                        desired: 3,
-                        pending: Some(op(Action::Remove, 3, Some(0x103), None)),
-                        ..steady(4)
-                    };
-                    members_mut(&mut o).pop();
-                    o
-                },
-                want: Step::SetReplicas { replicas: 3 },
-            },
-            TestCase {
-                name: "shrunk, claim policy Delete: delete the claim once the pod is gone",
-                obs: Observation {
-                    delete_pvcs_when_scaled: true,
-                    pvc_ordinals: vec![0, 1, 2, 3],
-                    ..steady(3)
-                },
-                want: Step::DeletePvc { ordinal: 3 },
-            },
-            TestCase {
-                name: "shrunk, claim policy Retain: keep it",
-                obs: Observation {
-                    pvc_ordinals: vec![0, 1, 2, 3],
-                    ..steady(3)
-                },
-                want: Step::Converged,
-            },
-            TestCase {
-                name: "repair: failing unreachable member is removed for repair",
-                obs: {
-                    let mut o = steady(3);
-                    members_mut(&mut o)[1].healthy = false;
-                    o.pods[1].ready = false;
-                    o.pods[1].failing = true;
-                    o
-                },
-                want: Step::Remove {
-                    id: 0x101,
-                    ordinal: 1,
-                    repair: true,
-                },
-            },
-            TestCase {
-                name: "repair removal done (crash before wipe): wipe the old pod",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::RemoveForRepair, 1, Some(0x101), None)),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o
-                },
-                want: Step::Wipe {
-                    ordinal: 1,
-                    pod_uid: Some("uid-1".into()),
-                },
-            },
-            TestCase {
-                name: "repair removal recorded but not done: remove again",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::RemoveForRepair, 1, Some(0x101), None)),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o)[1].healthy = false;
-                    o
-                },
-                want: Step::Remove {
-                    id: 0x101,
-                    ordinal: 1,
-                    repair: true,
-                },
-            },
-            TestCase {
-                name: "repair of the highest member does not shrink the StatefulSet",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::RemoveForRepair, 2, Some(0x102), None)),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(2);
-                    o
-                },
-                want: Step::Wipe {
-                    ordinal: 2,
-                    pod_uid: Some("uid-2".into()),
-                },
-            },
-            TestCase {
-                name: "wipe recorded, old pod still there: wipe again",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o
-                },
-                want: Step::Wipe {
-                    ordinal: 1,
-                    pod_uid: Some("uid-1".into()),
-                },
-            },
-            TestCase {
-                name: "wipe done (new pod UID): re-add under the same ordinal",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o.pods[1].uid = "uid-1b".into();
-                    o.pods[1].ready = false;
-                    o
-                },
-                want: Step::AddLearner { ordinal: 1 },
-            },
-            TestCase {
-                name: "wipe on claims: the pod made while the old claim was deleted is deleted",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o.pods[1].uid = "uid-1b".into();
-                    o.pods[1].ready = false;
-                    o.pvc_ordinals.retain(|&k| k != 1);
-                    o
-                },
-                want: Step::Wipe {
-                    ordinal: 1,
-                    pod_uid: Some("uid-1b".into()),
-                },
-            },
-            TestCase {
-                name: "wipe on emptyDir: no claim to wait for, re-add",
-                obs: {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        uses_pvcs: false,
-                        pvc_ordinals: vec![],
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o.pods[1].uid = "uid-1b".into();
-                    o
-                },
-                want: Step::AddLearner { ordinal: 1 },
-            },
-            TestCase {
-                name: "a member removed by hand (no record) is added back",
-                obs: {
-                    let mut o = steady(3);
-                    members_mut(&mut o).remove(1);
-                    o
-                },
-                want: Step::AddLearner { ordinal: 1 },
-            },
-            TestCase {
-                name: "unstarted learner beyond a lowered spec is removed",
-                obs: {
-                    let mut o = Observation {
-                        desired: 3,
-                        pending: Some(op(Action::AddLearner, 3, None, None)),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).push(learner(3, false));
-                    o
-                },
-                want: Step::Remove {
-                    id: 0x103,
-                    ordinal: 3,
-                    repair: false,
-                },
-            },
-            TestCase {
-                name: "StatefulSet deleted while members run: recreate at membership size",
-                obs: Observation {
-                    statefulset_replicas: None,
-                    ..steady(3)
-                },
-                want: Step::SetReplicas { replicas: 3 },
-            },
-            TestCase {
-                name: "StatefulSet and pods deleted after bootstrap: recreate from status",
-                obs: Observation {
+            ),
+            (
+                "member removed (crash before shrink): shrink",
+                with(
+                    asked(4, 3, Some(op(Action::Remove, 3, Some(0x103), None))),
+                    |o| {
+                        members_mut(o).pop();
+                    },
+                ),
+                Step::SetReplicas { replicas: 3 },
+            ),
+            (
+                "shrunk, claim policy Delete: delete the claim once the pod is gone",
+                with(steady(3), |o| {
+                    o.delete_pvcs_when_scaled = true;
+                    o.pvc_ordinals = vec![0, 1, 2, 3];
+                }),
+                Step::DeletePvc { ordinal: 3 },
+            ),
+            (
+                "shrunk, claim policy Retain: keep it",
+                with(steady(3), |o| o.pvc_ordinals = vec![0, 1, 2, 3]),
+                Step::Converged,
+            ),
+            (
+                "repair: failing unreachable member is removed for repair",
+                with(steady(3), |o| failing(o, 1)),
+                remove(1, true),
+            ),
+            (
+                "repair removal done (crash before wipe): wipe the old pod",
+                with(repair_recorded(1), |o| {
+                    members_mut(o).remove(1);
+                }),
+                wipe(1, "uid-1"),
+            ),
+            (
+                "repair removal recorded but not done: remove again",
+                with(repair_recorded(1), |o| members_mut(o)[1].healthy = false),
+                remove(1, true),
+            ),
+            (
+                "repair of the highest member does not shrink the StatefulSet",
+                with(repair_recorded(2), |o| {
+                    members_mut(o).remove(2);
+                }),
+                wipe(2, "uid-2"),
+            ),
+            (
+                "wipe recorded, old pod still there: wipe again",
+                wiping(1, false),
+                wipe(1, "uid-1"),
+            ),
+            (
+                "wipe done (new pod UID): re-add under the same ordinal",
+                wiping(1, true),
+                Step::AddLearner { ordinal: 1 },
+            ),
+            (
+                "wipe on claims: the pod made while the old claim was deleted is deleted",
+                with(wiping(1, true), |o| o.pvc_ordinals.retain(|&k| k != 1)),
+                wipe(1, "uid-1b"),
+            ),
+            (
+                "wipe on emptyDir: no claim to wait for, re-add",
+                with(wiping(1, true), |o| {
+                    o.uses_pvcs = false;
+                    o.pvc_ordinals = vec![];
+                }),
+                Step::AddLearner { ordinal: 1 },
+            ),
+            (
+                "a member removed by hand (no record) is added back",
+                with(steady(3), |o| {
+                    members_mut(o).remove(1);
+                }),
+                Step::AddLearner { ordinal: 1 },
+            ),
+            (
+                "unstarted learner beyond a lowered spec is removed",
+                with(
+                    asked(3, 3, Some(op(Action::AddLearner, 3, None, None))),
+                    |o| members_mut(o).push(learner(3, false)),
+                ),
+                remove(3, false),
+            ),
+            (
+                "StatefulSet deleted while members run: recreate at membership size",
+                with(steady(3), |o| o.statefulset_replicas = None),
+                Step::SetReplicas { replicas: 3 },
+            ),
+            (
+                "StatefulSet and pods deleted after bootstrap: recreate from status",
+                Observation {
                     desired: 3,
                     bootstrapped: true,
                     known_members: 3,
                     ..Default::default()
                 },
-                want: Step::SetReplicas { replicas: 3 },
-            },
-            TestCase {
-                name: "StatefulSet larger than membership and spec (pods without members): shrink",
-                obs: Observation {
-                    statefulset_replicas: Some(5),
-                    pods: (0..5).map(pod).collect(),
-                    ..steady(3)
-                },
-                want: Step::SetReplicas { replicas: 3 },
-            },
-            TestCase {
-                name: "member beyond StatefulSet and within spec (added, not yet scaled)",
-                obs: {
-                    let mut o = Observation {
-                        desired: 3,
-                        statefulset_replicas: Some(1),
-                        pods: vec![pod(0)],
-                        ..steady(1)
-                    };
-                    members_mut(&mut o).push(learner(1, false));
-                    o
-                },
-                want: Step::SetReplicas { replicas: 2 },
-            },
+                Step::SetReplicas { replicas: 3 },
+            ),
+            (
+                "StatefulSet larger than membership and spec (pods without members): shrink",
+                with(steady(3), |o| {
+                    o.statefulset_replicas = Some(5);
+                    o.pods = (0..5).map(pod).collect();
+                }),
+                Step::SetReplicas { replicas: 3 },
+            ),
+            (
+                "member beyond StatefulSet and within spec (added, not yet scaled)",
+                with(asked(1, 3, None), |o| {
+                    o.statefulset_replicas = Some(1);
+                    members_mut(o).push(learner(1, false));
+                }),
+                Step::SetReplicas { replicas: 2 },
+            ),
         ];
-        for c in cases {
-            assert_eq!(plan(&c.obs), c.want, "case: {}", c.name);
+        for (name, obs, want) in cases {
+            assert_eq!(plan(&obs), want, "case: {name}");
         }
     }
 
     #[test]
     fn waits_and_refusals() {
-        type Check = Box<dyn Fn(&Step) -> bool>;
-        let cases: Vec<(&str, Observation, Check)> = vec![
-            (
-                "replicas below 1",
-                Observation {
-                    desired: 0,
-                    ..steady(1)
-                },
-                Box::new(blocked("InvalidSpec")),
-            ),
+        let unhealthy = |o: &mut Observation, k: usize, failing: bool| {
+            members_mut(o)[k].healthy = false;
+            o.pods[k].failing = failing;
+        };
+        let cases: Vec<(&str, Observation, &str)> = vec![
+            ("replicas below 1", asked(1, 0, None), "Blocked InvalidSpec"),
             (
                 "bootstrapping, member not up yet",
                 Observation {
@@ -902,145 +811,94 @@ mod tests {
                     pending: Some(op(Action::Bootstrap, 0, None, None)),
                     ..Default::default()
                 },
-                Box::new(wait("Bootstrapping")),
+                "Wait Bootstrapping",
             ),
             (
                 "bootstrapped but nothing answers",
-                Observation {
-                    members: None,
-                    ..steady(3)
-                },
-                Box::new(wait("NoQuorum")),
+                with(steady(3), |o| o.members = None),
+                "Wait NoQuorum",
             ),
             (
                 "learner's pod not started",
-                {
-                    let mut o = Observation {
-                        desired: 4,
-                        statefulset_replicas: Some(4),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).push(learner(3, false));
-                    o
-                },
-                Box::new(wait("LearnerStarting")),
+                with(asked(3, 4, None), |o| {
+                    o.statefulset_replicas = Some(4);
+                    members_mut(o).push(learner(3, false));
+                }),
+                "Wait LearnerStarting",
             ),
             (
                 "shrinking while another voter is unhealthy (not yet failing long)",
-                {
-                    let mut o = Observation {
-                        desired: 2,
-                        ..steady(3)
-                    };
-                    members_mut(&mut o)[1].healthy = false;
-                    o
-                },
-                Box::new(blocked("UnhealthyMembers")),
+                with(asked(3, 2, None), |o| unhealthy(o, 1, false)),
+                "Blocked UnhealthyMembers",
             ),
             (
                 "foreign member in the list",
-                {
-                    let mut o = steady(3);
-                    members_mut(&mut o).push(ObservedMember {
+                with(steady(3), |o| {
+                    members_mut(o).push(ObservedMember {
                         ordinal: None,
                         ..member(7)
-                    });
-                    o
-                },
-                Box::new(blocked("ForeignMember")),
+                    })
+                }),
+                "Blocked ForeignMember",
             ),
             (
                 "repair that would lose quorum",
-                {
-                    let mut o = steady(3);
-                    for k in [1, 2] {
-                        members_mut(&mut o)[k].healthy = false;
-                        o.pods[k].failing = true;
-                    }
-                    o
-                },
-                Box::new(blocked("RepairUnsafe")),
+                with(steady(3), |o| {
+                    unhealthy(o, 1, true);
+                    unhealthy(o, 2, true);
+                }),
+                "Blocked RepairUnsafe",
             ),
             (
                 "single member never repairs itself",
-                {
-                    let mut o = steady(1);
-                    members_mut(&mut o)[0].healthy = false;
-                    o.pods[0].failing = true;
-                    o
-                },
-                Box::new(blocked("RepairUnsafe")),
+                with(steady(1), |o| unhealthy(o, 0, true)),
+                "Blocked RepairUnsafe",
             ),
             (
                 "unhealthy voter, not failing long enough: no add",
-                {
-                    let mut o = Observation {
-                        desired: 4,
-                        ..steady(3)
-                    };
-                    members_mut(&mut o)[2].healthy = false;
-                    o
-                },
-                Box::new(wait("MembersUnhealthy")),
+                with(asked(3, 4, None), |o| unhealthy(o, 2, false)),
+                "Wait MembersUnhealthy",
             ),
             (
                 "leader must go but nobody healthy can take over",
-                {
-                    let mut o = Observation {
-                        desired: 1,
-                        ..steady(2)
-                    };
-                    let ms = members_mut(&mut o);
+                with(asked(2, 1, None), |o| {
+                    let ms = members_mut(o);
                     ms[0].leader = false;
                     ms[0].healthy = false;
                     ms[1].leader = true;
-                    o
-                },
-                Box::new(blocked("NoLeaderTarget")),
+                }),
+                "Blocked NoLeaderTarget",
             ),
             (
                 "wipe on claims: the old claim is still being deleted",
-                {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
-                    o.pods[1].uid = "uid-1b".into();
-                    o.pods[1].ready = false;
+                with(wiping(1, true), |o| {
                     o.pvc_ordinals.retain(|&k| k != 1);
                     o.pvc_terminating = vec![1];
-                    o
-                },
-                Box::new(wait("ClaimDeleting")),
+                }),
+                "Wait ClaimDeleting",
             ),
             (
                 "wipe on claims: claim and pod gone, the StatefulSet recreates both",
-                {
-                    let mut o = Observation {
-                        pending: Some(op(Action::Wipe, 1, None, Some("uid-1"))),
-                        ..steady(3)
-                    };
-                    members_mut(&mut o).remove(1);
+                with(wiping(1, false), |o| {
                     o.pods.remove(1);
                     o.pvc_ordinals.retain(|&k| k != 1);
-                    o
-                },
-                Box::new(wait("PodRecreating")),
+                }),
+                "Wait PodRecreating",
             ),
             (
                 "converged membership, one member unhealthy: wait, not converged",
-                {
-                    let mut o = steady(3);
-                    members_mut(&mut o)[2].healthy = false;
-                    o
-                },
-                Box::new(wait("MembersUnhealthy")),
+                with(steady(3), |o| unhealthy(o, 2, false)),
+                "Wait MembersUnhealthy",
             ),
         ];
-        for (name, obs, check) in cases {
+        for (name, obs, want) in cases {
             let step = plan(&obs);
-            assert!(check(&step), "case {name}: got {step:?}");
+            let got = match &step {
+                Step::Wait { reason, .. } => format!("Wait {reason}"),
+                Step::Blocked { reason, .. } => format!("Blocked {reason}"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, want, "case {name}: got {step:?}");
         }
     }
 

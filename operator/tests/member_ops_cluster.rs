@@ -19,6 +19,23 @@ use concord_tests::cluster::wait_for;
 use concord_tests::tls::TestPki;
 use concord_tests::{Cluster, LoopbackIp, PEER_PORT, Server, ServerKind};
 
+/// Adds a learner on a fresh loopback address through `ep`, retrying while etcd refuses changes
+/// for a few seconds after start ("unhealthy cluster", nothing changed): the address, the peer
+/// URL and the new member's id.
+async fn add_learner(mc: &MemberClient, ep: &str) -> Result<(LoopbackIp, String, u64)> {
+    let ip = LoopbackIp::claim()?;
+    let peer = format!("http://{}:{PEER_PORT}", ip.ip());
+    let id = wait_for("member add", Duration::from_secs(30), || async {
+        match mc.add_learner(ep, &peer).await {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if members::is_unhealthy_cluster(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    Ok((ip, peer, id))
+}
+
 async fn scenario(kind: ServerKind) -> Result<()> {
     let cluster = Cluster::start(kind, 3)?;
     let eps = cluster.endpoints();
@@ -54,17 +71,7 @@ async fn scenario(kind: ServerKind) -> Result<()> {
     ensure!(mc.status("http://127.0.0.1:1").await.is_err());
 
     // Add a learner; promoting it before it runs is refused as "not in sync".
-    let ip = LoopbackIp::claim()?;
-    let peer = format!("http://{}:{PEER_PORT}", ip.ip());
-    // etcd refuses changes for a few seconds after start ("unhealthy cluster"): nothing changed.
-    let id = wait_for("member add", Duration::from_secs(30), || async {
-        match mc.add_learner(&eps[0], &peer).await {
-            Ok(id) => Ok(Some(id)),
-            Err(e) if members::is_unhealthy_cluster(&e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await?;
+    let (ip, peer, id) = add_learner(&mc, &eps[0]).await?;
     ensure!(id != 0);
     let (_, list) = mc.list(&eps).await?;
     let added = list.iter().find(|m| m.id == id).expect("learner listed");
@@ -205,16 +212,7 @@ async fn tls_scenario(kind: ServerKind) -> Result<()> {
 
     // Membership calls over TLS: add a learner, promotion refused until it runs, remove it, move
     // leadership.
-    let ip = LoopbackIp::claim()?;
-    let peer = format!("http://{}:{PEER_PORT}", ip.ip());
-    let id = wait_for("member add", Duration::from_secs(30), || async {
-        match mc.add_learner(&eps[0], &peer).await {
-            Ok(id) => Ok(Some(id)),
-            Err(e) if members::is_unhealthy_cluster(&e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await?;
+    let (_ip, _, id) = add_learner(&mc, &eps[0]).await?;
     let early = mc.promote(&eps[1], id).await.unwrap_err();
     ensure!(members::is_not_ready_to_promote(&early), "{early}");
     mc.remove(&eps[2], id).await?;

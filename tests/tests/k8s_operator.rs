@@ -25,7 +25,7 @@ use concord_store::proto::etcdserverpb::{PutRequest, RangeRequest};
 use concord_tests::Etcdctl;
 use concord_tests::k8s::e2e::{E2e, wait_until};
 use concord_tests::ledger::channel;
-use concord_tests::tls::TestPki;
+use concord_tests::tls::{ClientTls, TestPki, curl};
 use serde_json::Value;
 
 const CONCORD_IMAGE: &str = "ghcr.io/concord/concord:dev";
@@ -383,13 +383,13 @@ fn k8s_operator_etcd35_scale_3_5_3_1_serial() -> Result<()> {
     scale_up_down(ETCD_IMAGE)
 }
 
-/// etcdctl 3.5 over `https` to `endpoint`, verifying members with `ca`: success and stdout.
-fn ctl_tls(endpoint: &str, ca: &std::path::Path, args: &[&str]) -> Result<(bool, String)> {
+/// etcdctl 3.5 to `endpoint` with `tls`'s CA and client certificate: success and stdout.
+fn ctl_tls(endpoint: &str, tls: &ClientTls, args: &[&str]) -> Result<(bool, String)> {
     let mut all = vec![
         "--dial-timeout=2s".to_owned(),
         "--command-timeout=5s".to_owned(),
-        format!("--cacert={}", ca.display()),
     ];
+    all.extend(tls.etcdctl_args());
     all.extend(args.iter().map(|a| a.to_string()));
     let out = Etcdctl::V35.run_with_timeout(endpoint, &all, None, Duration::from_secs(30))?;
     if !out.success() {
@@ -398,11 +398,52 @@ fn ctl_tls(endpoint: &str, ca: &std::path::Path, args: &[&str]) -> Result<(bool,
     Ok((out.success(), out.stdout_text()))
 }
 
+/// Pods `name-0..n` are Ready, their probes ask the plain metrics port (`metrics`, 2381), and
+/// that port answers `/readyz` and `/livez` over http without any certificate.
+fn ready_through_metrics_port(e2e: &E2e, name: &str, n: usize) -> Result<()> {
+    let ns = e2e.namespace().to_owned();
+    for pod in pod_names(name, n) {
+        // The probes run every few seconds: the pod becomes Ready a little after its member.
+        let p = wait_until(&format!("pod {pod} Ready"), CONVERGE, || {
+            Ok(e2e.get("pod", &pod)?.filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            }))
+        })?;
+        let ctr = &p["spec"]["containers"][0];
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let get = &ctr[probe]["httpGet"];
+            ensure!(
+                get["port"] == "metrics" && get["scheme"] == "HTTP",
+                "{pod} {probe}: {get}"
+            );
+        }
+        ensure!(
+            ctr["ports"].as_array().is_some_and(|ps| ps
+                .iter()
+                .any(|p| p["name"] == "metrics" && p["containerPort"] == 2381)),
+            "{pod} has no metrics port: {ctr}"
+        );
+        for path in ["/readyz", "/livez"] {
+            let url = format!("http://{pod}.{name}.{ns}.svc.cluster.local:2381{path}");
+            let (code, body) = curl(&url, &ClientTls::default(), &[], Duration::from_secs(10))?;
+            ensure!(code == 200, "{url}: {code} {body}");
+        }
+    }
+    Ok(())
+}
+
 /// Client and peer TLS from two Secrets (certificates of a test CA for the members' DNS names):
 /// the operator reads the client Secret and bootstraps, grows to 3 (learners added and promoted
 /// over `https`) and shrinks to 2 (leader moved, member removed) while members talk to each
-/// other over mutually authenticated `https`; clients with the CA read and write through every
-/// member. A missing Secret first blocks the cluster with `ClientTlsSecretInvalid`. The concord
+/// other over mutually authenticated `https`; clients with a certificate of the CA read and
+/// write through every member, clients without one are refused, and pods are Ready through the
+/// plain metrics port. A missing Secret first blocks the cluster with `ClientTlsSecretInvalid`,
+/// which clears as soon as the Secret is made (the operator watches Secrets). Client TLS is then
+/// switched off and on again under the running members (a rolling restart keeping members and
+/// data), and a peer TLS switch is refused. The concord
 /// run uses the chart's RBAC, so its `secrets` grant is what lets the operator read the Secret.
 fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
     let mut e2e = E2e::start("tls")?;
@@ -457,6 +498,23 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
             &format!("--from-file=tls.key={}", pair.key.display()),
         ])?;
     }
+    // The operator watches Secrets: the new one reconciles the cluster at once (while blocked it
+    // requeues only every 5 minutes, as a safety net), so the condition clears well before that.
+    wait_until(
+        "ClientTlsSecretInvalid to clear once the Secret exists",
+        Duration::from_secs(120),
+        || {
+            let c = e2e.get("etcdcluster", "tl")?;
+            Ok(c.and_then(|c| {
+                let conds = c["status"]["conditions"].as_array()?;
+                (!conds.is_empty()
+                    && !conds
+                        .iter()
+                        .any(|c| c["reason"] == "ClientTlsSecretInvalid"))
+                .then_some(())
+            }))
+        },
+    )?;
     let status = e2e.wait_available("tl", 3, CONVERGE)?;
     ensure!(status_members(&status) == pod_names("tl", 3), "{status}");
     ensure!(
@@ -474,12 +532,15 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
             ),
         "peer URLs: {status}"
     );
+    // Probes cannot present a client certificate: the pods are Ready through the metrics port.
+    ready_through_metrics_port(&e2e, "tl", 3)?;
     let ep = |k: u32| format!("https://tl-{k}.tl.{ns}.svc.cluster.local:2379");
+    let user = pki.client("tl-user")?;
     for k in 0..3 {
-        let (ok, _) = ctl_tls(&ep(k), &pki.ca, &["put", &format!("/tls/{k}"), "v"])?;
+        let (ok, _) = ctl_tls(&ep(k), &user, &["put", &format!("/tls/{k}"), "v"])?;
         ensure!(ok, "put through tl-{k} over https");
     }
-    let (ok, out) = ctl_tls(&ep(2), &pki.ca, &["member", "list", "-w", "simple"])?;
+    let (ok, out) = ctl_tls(&ep(2), &user, &["member", "list", "-w", "simple"])?;
     ensure!(
         ok && out.lines().count() == 3 && out.lines().all(|l| l.matches("https://").count() == 2),
         "member list: {out}"
@@ -496,8 +557,36 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
         "plain text accepted: {}",
         plain.stdout_text()
     );
-    let (ok, _) = ctl_tls(&ep(0), &pki.other_ca, &["get", "/tls/0"])?;
+    let other_ca = ClientTls {
+        cacert: Some(pki.other_ca.clone()),
+        ..user.clone()
+    };
+    let (ok, _) = ctl_tls(&ep(0), &other_ca, &["get", "/tls/0"])?;
     ensure!(!ok, "a client trusting another CA connected");
+    // Members require a client certificate of the Secret's CA: none, or one of another CA, is
+    // refused; the kubelet-style probe (https, no certificate) would fail on the client port.
+    let no_cert = ClientTls {
+        cacert: Some(pki.ca.clone()),
+        ..Default::default()
+    };
+    let (ok, out) = ctl_tls(&ep(0), &no_cert, &["get", "/tls/0"])?;
+    ensure!(!ok, "a client without a certificate read {out:?}");
+    let foreign_cert = ClientTls {
+        cert: Some(pki.other_client_cert("tl-user")?),
+        ..no_cert.clone()
+    };
+    let (ok, out) = ctl_tls(&ep(0), &foreign_cert, &["get", "/tls/0"])?;
+    ensure!(!ok, "a client certificate of another CA read {out:?}");
+    let probe = curl(
+        &format!("{}/readyz", ep(0)),
+        &no_cert,
+        &[],
+        Duration::from_secs(10),
+    );
+    ensure!(
+        probe.is_err(),
+        "/readyz on the client port answered without a client certificate: {probe:?}"
+    );
 
     // Shrink over TLS: leadership moves if needed, the member goes; the data stays.
     e2e.ok(&[
@@ -511,16 +600,97 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
     let status = e2e.wait_available("tl", 2, CONVERGE)?;
     ensure!(status_members(&status) == pod_names("tl", 2), "{status}");
     for k in 0..2 {
-        let (ok, out) = ctl_tls(
-            &ep(k),
-            &pki.ca,
-            &["get", "/tls/", "--prefix", "--keys-only"],
-        )?;
+        let (ok, out) = ctl_tls(&ep(k), &user, &["get", "/tls/", "--prefix", "--keys-only"])?;
         ensure!(
             ok && out.split_whitespace().collect::<Vec<_>>() == ["/tls/0", "/tls/1", "/tls/2"],
             "keys on tl-{k}: {out}"
         );
     }
+
+    // Client TLS off, then on again, under running members: the StatefulSet restarts them one
+    // at a time with the new flags, and each publishes its new client URLs; the members (ids,
+    // peer URLs) and the data stay.
+    let ids = |status: &Value| -> Vec<Option<String>> {
+        pod_names("tl", 2)
+            .iter()
+            .map(|p| member_id(status, p))
+            .collect()
+    };
+    let before = ids(&status);
+    let plain = ClientTls::default();
+    for (patch, tls, scheme) in [
+        (
+            r#"[{"op":"remove","path":"/spec/tls/clientSecretName"}]"#,
+            &plain,
+            "http",
+        ),
+        (
+            r#"[{"op":"add","path":"/spec/tls/clientSecretName","value":"tl-client"}]"#,
+            &user,
+            "https",
+        ),
+    ] {
+        e2e.ok(&["patch", "etcdcluster", "tl", "--type=json", "-p", patch])?;
+        let ep = |k: u32| format!("{scheme}://tl-{k}.tl.{ns}.svc.cluster.local:2379");
+        wait_until(
+            &format!("both members to serve and publish {scheme} client URLs"),
+            CONVERGE,
+            || {
+                for k in 0..2 {
+                    let (ok, out) = ctl_tls(&ep(k), tls, &["member", "list", "-w", "simple"])?;
+                    let client_urls: Vec<&str> =
+                        out.lines().filter_map(|l| l.split(", ").nth(4)).collect();
+                    if !ok
+                        || client_urls.len() != 2
+                        || !client_urls
+                            .iter()
+                            .all(|u| u.starts_with(&format!("{scheme}://")))
+                    {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )?;
+        wait_until(
+            "the operator to see the roll-out finished (Converged)",
+            CONVERGE,
+            || {
+                let c = e2e.get("etcdcluster", "tl")?;
+                Ok(c.and_then(|c| {
+                    c["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["type"] == "Progressing" && c["reason"] == "Converged")
+                        .then_some(())
+                }))
+            },
+        )?;
+        let status = e2e.wait_available("tl", 2, CONVERGE)?;
+        ensure!(
+            ids(&status) == before,
+            "members changed across the {scheme} roll-out: {before:?} -> {status}"
+        );
+        ready_through_metrics_port(&e2e, "tl", 2)?;
+        for k in 0..2 {
+            let (ok, out) = ctl_tls(&ep(k), tls, &["get", "/tls/", "--prefix", "--keys-only"])?;
+            ensure!(
+                ok && out.split_whitespace().collect::<Vec<_>>() == ["/tls/0", "/tls/1", "/tls/2"],
+                "keys on tl-{k} after the {scheme} roll-out: {out}"
+            );
+        }
+    }
+    let (ok, out) = ctl_tls(
+        &format!("http://tl-0.tl.{ns}.svc.cluster.local:2379"),
+        &plain,
+        &["get", "/tls/0"],
+    )?;
+    ensure!(!ok, "plain text accepted after client TLS came back: {out}");
+    let (ok, out) = ctl_tls(&ep(0), &no_cert, &["get", "/tls/0"])?;
+    ensure!(
+        !ok,
+        "a client without a certificate read {out:?} after client TLS came back"
+    );
 
     // Turning peer TLS off under running members is refused, and nothing rolls out.
     e2e.ok(&[
@@ -548,7 +718,7 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
             .is_some_and(|a| a.iter().any(|x| x == "--peer-client-cert-auth=true")),
         "the StatefulSet template lost peer TLS: {sts}"
     );
-    let (ok, out) = ctl_tls(&ep(1), &pki.ca, &["get", "/tls/1", "--print-value-only"])?;
+    let (ok, out) = ctl_tls(&ep(1), &user, &["get", "/tls/1", "--print-value-only"])?;
     ensure!(ok && out == "v\n", "get after the refused change: {out}");
     Ok(())
 }

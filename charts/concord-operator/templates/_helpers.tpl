@@ -47,10 +47,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "delete"]
-# Client TLS material (spec.tls.clientSecretName) for dialling members over https.
+# Client TLS material (spec.tls.clientSecretName) for dialling members over https; watched
+# so that a cluster is reconciled as soon as a Secret it names appears or changes.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
