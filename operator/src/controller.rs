@@ -170,6 +170,29 @@ fn client_scheme_rollout<'a>(
     ))
 }
 
+/// The step to report while a client TLS switch rolls out (`rollout`, from
+/// [`client_scheme_rollout`]): membership as specified (`Converged`), or only waiting for members
+/// the operator cannot reach yet (the ones still on the old scheme), is `ClientTlsRollout`.
+/// Membership steps and other waits are left as planned: the roll-out does not hold a repair
+/// or a scale step (a member the StatefulSet cannot roll, because it never gets Ready, would
+/// otherwise block its own repair).
+fn rolling_out(step: Step, rollout: Option<String>) -> Step {
+    match (step, rollout) {
+        (Step::Converged, Some(message))
+        | (
+            Step::Wait {
+                reason: "MembersUnhealthy",
+                ..
+            },
+            Some(message),
+        ) => Step::Wait {
+            reason: "ClientTlsRollout",
+            message,
+        },
+        (step, _) => step,
+    }
+}
+
 /// Reason of the Degraded condition while the client TLS Secret is missing or unusable.
 const SECRET_INVALID: &str = "ClientTlsSecretInvalid";
 
@@ -388,24 +411,15 @@ impl EtcdCluster {
                 reason: "PeerTlsChangeUnsupported",
                 message,
             },
-            (None, None) => match planner::plan(&obs) {
-                // Membership is as specified, but members still roll onto the new client
-                // scheme: say so rather than Converged.
-                Step::Converged => seen
-                    .members
-                    .as_ref()
-                    .and_then(|ms| {
-                        client_scheme_rollout(
-                            &names,
-                            ms.iter().map(|m| (&m.member.name, &m.member.client_urls)),
-                        )
-                    })
-                    .map_or(Step::Converged, |message| Step::Wait {
-                        reason: "ClientTlsRollout",
-                        message,
-                    }),
-                step => step,
-            },
+            (None, None) => rolling_out(
+                planner::plan(&obs),
+                seen.members.as_ref().and_then(|ms| {
+                    client_scheme_rollout(
+                        &names,
+                        ms.iter().map(|m| (&m.member.name, &m.member.client_urls)),
+                    )
+                }),
+            ),
         };
         tracing::info!(cluster = %names.cluster, namespace = %ns, ?step, "planned");
 
@@ -1233,12 +1247,13 @@ mod tests {
         }
     }
 
-    /// The observation of a cluster with no StatefulSet and no pods: the Services, the client
-    /// TLS Secret (`secret`: its name, answered 404), the StatefulSet (404), the pods, the claims
-    /// (`claims`), then the budget's apply, whose body is returned.
+    /// The observation of a cluster with no pods and no member answering: the Services, the
+    /// client TLS Secret (`secret`: its name, answered 404), the StatefulSet (`sts`, else 404),
+    /// the pods, the claims (`claims`), then the budget's apply, whose body is returned.
     async fn expect_nothing_running(
         handle: &mut Handle,
         secret: Option<&str>,
+        sts: Option<Value>,
         claims: bool,
     ) -> Value {
         expect_services(handle).await;
@@ -1250,11 +1265,10 @@ mod tests {
                 not_found(),
             ));
         }
-        gets.push((
-            "/apis/apps/v1/namespaces/ns/statefulsets/c".into(),
-            404,
-            not_found(),
-        ));
+        gets.push(match sts {
+            Some(sts) => (STATEFULSET.into(), 200, sts),
+            None => (STATEFULSET.into(), 404, not_found()),
+        });
         gets.push((
             "/api/v1/namespaces/ns/pods".into(),
             200,
@@ -1314,7 +1328,7 @@ mod tests {
         let (ctx, mut handle) = context();
         let c = cluster("{}", None);
         let api = tokio::spawn(async move {
-            let pdb = expect_nothing_running(&mut handle, None, true).await;
+            let pdb = expect_nothing_running(&mut handle, None, None, true).await;
             assert_eq!(pdb["apiVersion"], "policy/v1beta1");
             assert_eq!(pdb["spec"]["minAvailable"], 1);
             // The intent is in status before anything is created.
@@ -1365,7 +1379,7 @@ mod tests {
         );
         let api = tokio::spawn(async move {
             // emptyDir: no claims listed. Members do not answer: no ConfigMap change here.
-            let pdb = expect_nothing_running(&mut handle, None, false).await;
+            let pdb = expect_nothing_running(&mut handle, None, None, false).await;
             assert_eq!(
                 pdb["spec"]["minAvailable"], 2,
                 "quorum of the last known 3 voters"
@@ -1393,7 +1407,7 @@ mod tests {
             None,
         );
         let api = tokio::spawn(async move {
-            expect_nothing_running(&mut handle, Some("s"), false).await;
+            expect_nothing_running(&mut handle, Some("s"), None, false).await;
             let st = expect_status(&mut handle).await;
             assert_eq!(st["pendingOperation"], Value::Null);
             let degraded = cond(&st, "Degraded");
@@ -1418,6 +1432,36 @@ mod tests {
         });
         let action = c.reconcile(&ctx).await.unwrap();
         // The Secret watch wakes the cluster; the requeue is only a safety net.
+        assert_eq!(action, Action::requeue(REQUEUE_SECRET));
+        api.await.unwrap();
+    }
+
+    /// Client TLS switched on with its Secret missing: the running StatefulSet keeps its
+    /// template (its pods would not start without the Secret), and the cluster is blocked.
+    #[tokio::test]
+    async fn no_roll_out_while_the_client_tls_secret_is_missing() {
+        let (ctx, mut handle) = context();
+        let spec =
+            r#"{"replicas": 3, "tls": {"clientSecretName": "s"}, "storage": {"emptyDir": true}}"#;
+        let running = cluster(r#"{"replicas": 3, "storage": {"emptyDir": true}}"#, None);
+        let sts = serde_json::to_value(children::statefulset(&running, 3)).unwrap();
+        let c = cluster(spec, None);
+        let api = tokio::spawn(async move {
+            expect_nothing_running(&mut handle, Some("s"), Some(sts), false).await;
+            let st = expect_status(&mut handle).await;
+            assert_eq!(cond(&st, "Degraded")["reason"], "ClientTlsSecretInvalid");
+            assert_eq!(
+                expect_event(&mut handle).await["reason"],
+                "ClientTlsSecretInvalid"
+            );
+            // No StatefulSet apply (nor anything else).
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request())
+                    .await
+                    .is_err()
+            );
+        });
+        let action = c.reconcile(&ctx).await.unwrap();
         assert_eq!(action, Action::requeue(REQUEUE_SECRET));
         api.await.unwrap();
     }
@@ -1500,6 +1544,37 @@ mod tests {
         let why = client_scheme_rollout(&plain, [(&b, &https)]).unwrap();
         assert!(why.contains("with http client URLs"), "{why}");
         assert_eq!(client_scheme_rollout(&peer_tls, [(&a, &http)]), None);
+    }
+
+    #[test]
+    fn a_client_tls_roll_out_is_reported_but_holds_no_membership_step() {
+        let rolling = Some("member c-0 still serves clients at http://...".to_owned());
+        let roll = Step::Wait {
+            reason: "ClientTlsRollout",
+            message: rolling.clone().unwrap(),
+        };
+        assert_eq!(rolling_out(Step::Converged, rolling.clone()), roll);
+        let unreachable = Step::Wait {
+            reason: "MembersUnhealthy",
+            message: "c-0 unhealthy".into(),
+        };
+        assert_eq!(rolling_out(unreachable.clone(), rolling.clone()), roll);
+        assert_eq!(rolling_out(unreachable.clone(), None), unreachable);
+        assert_eq!(rolling_out(Step::Converged, None), Step::Converged);
+        for step in [
+            Step::Remove {
+                id: 0x101,
+                ordinal: 1,
+                repair: true,
+            },
+            Step::AddLearner { ordinal: 3 },
+            Step::Wait {
+                reason: "LearnerStarting",
+                message: String::new(),
+            },
+        ] {
+            assert_eq!(rolling_out(step.clone(), rolling.clone()), step);
+        }
     }
 
     #[test]

@@ -435,6 +435,29 @@ fn ready_through_metrics_port(e2e: &E2e, name: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the EtcdCluster `name` has (`present`) or has not a condition of `type_` with
+/// `reason` (it must have some conditions).
+fn wait_condition(
+    e2e: &E2e,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    present: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let what = format!("{type_} {reason} on {name} (present: {present})");
+    wait_until(&what, timeout, || {
+        let c = e2e.get("etcdcluster", name)?;
+        Ok(c.and_then(|c| {
+            let conds = c["status"]["conditions"].as_array()?;
+            let has = conds
+                .iter()
+                .any(|c| c["type"] == type_ && c["reason"] == reason);
+            (!conds.is_empty() && has == present).then_some(())
+        }))
+    })
+}
+
 /// Client and peer TLS from two Secrets (certificates of a test CA for the members' DNS names):
 /// the operator reads the client Secret and bootstraps, grows to 3 (learners added and promoted
 /// over `https`) and shrinks to 2 (leader moved, member removed) while members talk to each
@@ -469,19 +492,13 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
         3,
         "  tls: {clientSecretName: tl-client, peerSecretName: tl-peer}\n",
     ))?;
-    wait_until(
-        "ClientTlsSecretInvalid while the Secret is missing",
+    wait_condition(
+        &e2e,
+        "tl",
+        "Degraded",
+        "ClientTlsSecretInvalid",
+        true,
         CONVERGE,
-        || {
-            let c = e2e.get("etcdcluster", "tl")?;
-            Ok(c.and_then(|c| {
-                c["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Degraded" && c["reason"] == "ClientTlsSecretInvalid")
-                    .then_some(())
-            }))
-        },
     )?;
     ensure!(
         e2e.get("statefulset", "tl")?.is_none(),
@@ -500,20 +517,14 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
     }
     // The operator watches Secrets: the new one reconciles the cluster at once (while blocked it
     // requeues only every 5 minutes, as a safety net), so the condition clears well before that.
-    wait_until(
-        "ClientTlsSecretInvalid to clear once the Secret exists",
-        Duration::from_secs(120),
-        || {
-            let c = e2e.get("etcdcluster", "tl")?;
-            Ok(c.and_then(|c| {
-                let conds = c["status"]["conditions"].as_array()?;
-                (!conds.is_empty()
-                    && !conds
-                        .iter()
-                        .any(|c| c["reason"] == "ClientTlsSecretInvalid"))
-                .then_some(())
-            }))
-        },
+    let secret_watch = Duration::from_secs(120);
+    wait_condition(
+        &e2e,
+        "tl",
+        "Degraded",
+        "ClientTlsSecretInvalid",
+        false,
+        secret_watch,
     )?;
     let status = e2e.wait_available("tl", 3, CONVERGE)?;
     ensure!(status_members(&status) == pod_names("tl", 3), "{status}");
@@ -652,20 +663,8 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
                 Ok(Some(()))
             },
         )?;
-        wait_until(
-            "the operator to see the roll-out finished (Converged)",
-            CONVERGE,
-            || {
-                let c = e2e.get("etcdcluster", "tl")?;
-                Ok(c.and_then(|c| {
-                    c["status"]["conditions"]
-                        .as_array()?
-                        .iter()
-                        .any(|c| c["type"] == "Progressing" && c["reason"] == "Converged")
-                        .then_some(())
-                }))
-            },
-        )?;
+        // The operator saw the roll-out finish.
+        wait_condition(&e2e, "tl", "Progressing", "Converged", true, CONVERGE)?;
         let status = e2e.wait_available("tl", 2, CONVERGE)?;
         ensure!(
             ids(&status) == before,
@@ -701,16 +700,14 @@ fn tls_cluster(image: &str, operator: Launch) -> Result<()> {
         "-p",
         r#"[{"op":"remove","path":"/spec/tls/peerSecretName"}]"#,
     ])?;
-    wait_until("PeerTlsChangeUnsupported", CONVERGE, || {
-        let c = e2e.get("etcdcluster", "tl")?;
-        Ok(c.and_then(|c| {
-            c["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "Degraded" && c["reason"] == "PeerTlsChangeUnsupported")
-                .then_some(())
-        }))
-    })?;
+    wait_condition(
+        &e2e,
+        "tl",
+        "Degraded",
+        "PeerTlsChangeUnsupported",
+        true,
+        CONVERGE,
+    )?;
     let sts = e2e.get("statefulset", "tl")?.context("StatefulSet tl")?;
     ensure!(
         sts["spec"]["template"]["spec"]["containers"][0]["args"]
