@@ -324,6 +324,10 @@ pub struct RaftStatus {
     pub is_learner: bool,
     /// This member's removal was applied; the loop has stopped or is stopping.
     pub removed: bool,
+    /// This member is the leader and the only voter, and has committed an entry of its term:
+    /// what raft would answer a ReadIndex with right now is `commit`, so a linearizable read
+    /// need not ask it (see [`RaftHandle::read_index`]).
+    pub sole_voter_leader: bool,
 }
 
 /// The way into a running raft loop. Cheap to clone.
@@ -347,6 +351,21 @@ impl RaftHandle {
     /// A receiver of every status the loop publishes (leadership changes among them).
     pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
+    }
+
+    /// The index a linearizable read waits for before it reads: the commit index when this
+    /// member is the leader and the only voter (raft-rs answers a lone leader's ReadIndex with
+    /// it, without a round trip; no other member can commit anything this one has not, since
+    /// adding a voter is itself applied here, and published, before any vote could go to it),
+    /// else raft's ReadIndex answer.
+    pub async fn read_index(&self) -> Result<u64> {
+        let status = self.status();
+        if status.sole_voter_leader {
+            return Ok(status.commit);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Msg::ReadIndex { reply: tx })?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// A sender into the loop, for the peer transport's incoming messages.
@@ -875,15 +894,25 @@ impl Driver {
         // `sync_state`). Nothing that depends on either (replies, persisted messages) leaves
         // this member before both are done; the log is written first, except that a snapshot's
         // state commits (durably) before the log forgets what it replaced.
+        // The state transaction is begun only when there is something to write: a Ready that
+        // carries only read states or messages costs no redb transaction.
         let mut replies = Vec::new();
         let must_sync = ready.must_sync();
-        let state_tx = self.backend.db().begin_write()?;
+        let mut state_tx = None;
         let installed = match &snapshot {
-            Some(snap) => Some(self.install_snapshot(&state_tx, snap)?),
+            Some(snap) => {
+                let wtx = self.state_tx(&mut state_tx)?;
+                Some(self.install_snapshot(wtx, snap)?)
+            }
             None => None,
         };
-        let applied =
-            self.apply_committed(&state_tx, ready.take_committed_entries(), &mut replies)?;
+        let committed = ready.take_committed_entries();
+        let applied = if committed.is_empty() {
+            None
+        } else {
+            let wtx = self.state_tx(&mut state_tx)?;
+            self.apply_committed(wtx, committed, &mut replies)?
+        };
         let entries = ready.take_entries();
         if !entries.is_empty() {
             self.node.mut_store().wl().append(&entries)?;
@@ -900,22 +929,26 @@ impl Driver {
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().wl().mut_hard_state().commit = commit;
         }
-        let applied_more =
-            self.apply_committed(&state_tx, light.take_committed_entries(), &mut replies)?;
-        let state_write = installed.is_some() || applied.is_some() || applied_more.is_some();
+        let committed = light.take_committed_entries();
+        let applied_more = if committed.is_empty() {
+            None
+        } else {
+            let wtx = self.state_tx(&mut state_tx)?;
+            self.apply_committed(wtx, committed, &mut replies)?
+        };
         let hs = (hs_changed || light.commit_index().is_some())
             .then(|| self.node.store().rl().hard_state().clone());
         if let Some(snap) = &snapshot {
-            self.commit_state(state_tx, true)?;
+            if let Some(wtx) = state_tx {
+                self.commit_state(wtx, true)?;
+            }
             self.wal.reset(snap.get_metadata())?;
             self.wal.append(&entries, hs.as_ref(), true)?;
         } else {
             self.wal.append(&entries, hs.as_ref(), must_sync)?;
-            if state_write {
+            if let Some(wtx) = state_tx {
                 let durable = self.state_sync_due();
-                self.commit_state(state_tx, durable)?;
-            } else {
-                state_tx.abort()?;
+                self.commit_state(wtx, durable)?;
             }
         }
         if let Some(installed) = installed {
@@ -1116,6 +1149,14 @@ impl Driver {
             || self.applied - self.durable_applied >= STATE_SYNC_ENTRIES
     }
 
+    /// The state transaction of the current Ready, begun on first use.
+    fn state_tx<'a>(&self, slot: &'a mut Option<WriteTransaction>) -> Result<&'a WriteTransaction> {
+        if slot.is_none() {
+            *slot = Some(self.backend.db().begin_write()?);
+        }
+        Ok(slot.as_ref().expect("just set"))
+    }
+
     /// Commits a state transaction, durably when `durable`.
     fn commit_state(&mut self, mut wtx: WriteTransaction, durable: bool) -> Result<()> {
         if !durable {
@@ -1177,6 +1218,9 @@ impl Driver {
             is_leader: r.state == StateRole::Leader,
             is_learner: r.prs().conf().learners().contains(&self.cfg.id),
             removed: self.removed,
+            sole_voter_leader: r.state == StateRole::Leader
+                && r.prs().conf().voters().ids().len() == 1
+                && r.raft_log.term(r.raft_log.committed).ok() == Some(r.term),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;

@@ -194,12 +194,9 @@ impl EtcdServer {
 
     /// Waits until this member may serve a linearizable read.
     pub async fn linearizable_read_barrier(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.raft.send(Msg::ReadIndex { reply: tx })?;
-        let index = tokio::time::timeout(self.cfg.request_timeout, rx)
+        let index = tokio::time::timeout(self.cfg.request_timeout, self.raft.read_index())
             .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Stopped)??;
+            .map_err(|_| Error::Timeout)??;
         tokio::time::timeout(self.cfg.request_timeout, self.raft.wait_applied(index))
             .await
             .map_err(|_| Error::Timeout)?
