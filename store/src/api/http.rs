@@ -2,6 +2,12 @@
 //! `/metrics`, with etcd 3.5's bodies and status codes; the same but `/version` on each
 //! `--listen-metrics-urls` listener ([`metrics_router`]), as etcd's metrics mux.
 //!
+//! `/livez` and `/readyz` are etcd 3.5's check registries: `/livez` runs `serializable_read`,
+//! `/readyz` runs `data_corruption`, `serializable_read` and `linearizable_read`. Each check
+//! also has its own path (`/readyz/linearizable_read`); `?exclude=<check>` skips one and
+//! `?verbose` lists every result (`[+]name ok`) before `ok`. A failure answers 503 with every
+//! result (`[-]name failed: <error>`); methods other than GET answer 405.
+//!
 //! Metric names are etcd's where etcd has the metric. Values are read from the server at scrape
 //! time; this module keeps no counters of its own.
 
@@ -9,15 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::error::Error;
+use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
 use crate::server::EtcdServer;
 
 /// Routes of the HTTP endpoints on a client listener.
@@ -29,8 +37,10 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
 pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
+        .route("/livez", any(livez))
+        .route("/livez/{check}", any(livez_one))
+        .route("/readyz", any(readyz))
+        .route("/readyz/{check}", any(readyz_one))
         .route("/metrics", get(metrics))
         .with_state(server)
 }
@@ -62,18 +72,203 @@ async fn health(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
     }
 }
 
-async fn livez() -> impl IntoResponse {
-    (StatusCode::OK, "ok")
+/// One of etcd's named health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    DataCorruption,
+    SerializableRead,
+    LinearizableRead,
 }
 
-async fn readyz(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    match check(&server).await {
-        Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("[-]serializable_read failed: {reason}\nreadyz check failed"),
-        ),
+/// `/livez`'s checks.
+const LIVEZ: &[Check] = &[Check::SerializableRead];
+/// `/readyz`'s checks.
+const READYZ: &[Check] = &[
+    Check::DataCorruption,
+    Check::SerializableRead,
+    Check::LinearizableRead,
+];
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::DataCorruption => "data_corruption",
+            Check::SerializableRead => "serializable_read",
+            Check::LinearizableRead => "linearizable_read",
+        }
     }
+
+    /// Runs the check: etcd's `activeAlarmCheck(CORRUPT)` or `readCheck` (a keys-only range of
+    /// one key, as root).
+    async fn run(self, server: &EtcdServer) -> Result<(), String> {
+        match self {
+            Check::DataCorruption => {
+                let alarms = server.alarms().map_err(|e| e.to_string())?;
+                if alarms.iter().any(|a| a.alarm == AlarmType::Corrupt as i32) {
+                    return Err("alarm activated: CORRUPT".into());
+                }
+                Ok(())
+            }
+            Check::SerializableRead | Check::LinearizableRead => {
+                let serializable = self == Check::SerializableRead;
+                if !serializable {
+                    if server.raft_status().is_learner {
+                        return Err(Error::NotSupportedForLearner.to_string());
+                    }
+                    server
+                        .linearizable_read_barrier()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let req = RangeRequest {
+                    keys_only: true,
+                    limit: 1,
+                    serializable,
+                    ..Default::default()
+                };
+                let view = server.read_view().map_err(|e| e.to_string())?;
+                crate::apply::range(&view, &req).map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `exclude` and `verbose` query parameters.
+fn query_flags(query: Option<&str>) -> (Vec<String>, bool) {
+    let mut excluded = Vec::new();
+    let mut verbose = false;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "exclude" => excluded.push(v.into_owned()),
+            "verbose" => verbose = true,
+            _ => {}
+        }
+    }
+    (excluded, verbose)
+}
+
+/// Runs `checks` and answers as etcd's `newHealthHandler`.
+async fn run_checks(
+    server: &EtcdServer,
+    method: &Method,
+    checks: &[Check],
+    verbose: bool,
+) -> Response {
+    if method != Method::GET {
+        let mut resp = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n").into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return text(resp);
+    }
+    let mut report = String::new();
+    let mut failed = false;
+    for check in checks {
+        match check.run(server).await {
+            Ok(()) => report.push_str(&format!("[+]{} ok\n", check.name())),
+            Err(e) => {
+                failed = true;
+                report.push_str(&format!("[-]{} failed: {e}\n", check.name()));
+            }
+        }
+    }
+    if failed {
+        tracing::error!(reason = %report, "Health check error");
+        report.push('\n');
+        return text((StatusCode::SERVICE_UNAVAILABLE, report).into_response());
+    }
+    let body = if verbose {
+        report + "ok\n"
+    } else {
+        "ok\n".into()
+    };
+    text((StatusCode::OK, body).into_response())
+}
+
+/// Go's `http.Error` and the success path both answer plain text with `nosniff`.
+fn text(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A registry's root path: every check not excluded.
+async fn registry_root(
+    server: &EtcdServer,
+    method: &Method,
+    all: &[Check],
+    query: Option<String>,
+) -> Response {
+    let (excluded, verbose) = query_flags(query.as_deref());
+    let missing: Vec<&String> = excluded
+        .iter()
+        .filter(|x| !all.iter().any(|c| c.name() == x.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(missing_health_checks = ?missing, "some health checks cannot be excluded");
+    }
+    let checks: Vec<Check> = all
+        .iter()
+        .copied()
+        .filter(|c| !excluded.iter().any(|x| x == c.name()))
+        .collect();
+    run_checks(server, method, &checks, verbose).await
+}
+
+/// A registry's per-check path; 404 for a check it does not have.
+async fn registry_one(
+    server: &EtcdServer,
+    method: &Method,
+    all: &[Check],
+    name: &str,
+    query: Option<String>,
+) -> Response {
+    let Some(check) = all.iter().copied().find(|c| c.name() == name) else {
+        return text((StatusCode::NOT_FOUND, "404 page not found\n").into_response());
+    };
+    let (_, verbose) = query_flags(query.as_deref());
+    run_checks(server, method, &[check], verbose).await
+}
+
+async fn livez(
+    State(server): State<Arc<EtcdServer>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+) -> Response {
+    registry_root(&server, &method, LIVEZ, query).await
+}
+
+async fn livez_one(
+    State(server): State<Arc<EtcdServer>>,
+    method: Method,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    registry_one(&server, &method, LIVEZ, &name, query).await
+}
+
+async fn readyz(
+    State(server): State<Arc<EtcdServer>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+) -> Response {
+    registry_root(&server, &method, READYZ, query).await
+}
+
+async fn readyz_one(
+    State(server): State<Arc<EtcdServer>>,
+    method: Method,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    registry_one(&server, &method, READYZ, &name, query).await
 }
 
 async fn version() -> impl IntoResponse {

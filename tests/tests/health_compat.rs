@@ -1,0 +1,171 @@
+//! `/livez` and `/readyz`: etcd 3.5's check registries (`serializable_read` for liveness;
+//! `data_corruption`, `serializable_read` and `linearizable_read` for readiness), their
+//! per-check paths, `?exclude=` and `?verbose`, 404 for a check a registry lacks, 405 for other
+//! methods, and a 503 listing every result when quorum is lost. Each case runs against concord
+//! and, as the reference, etcd 3.5.16 with the same assertions. etcd lists the checks in Go map
+//! order, so the verbose lines are compared as sets.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use concord_tests::server::http_get;
+use concord_tests::{Cluster, Server, ServerKind};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The result lines of a verbose or failed answer, as a set.
+fn lines(body: &str) -> BTreeSet<String> {
+    body.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Sends `method path` and returns the status code and the raw response head and body.
+fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, raw))
+}
+
+fn registries_on_a_healthy_member(kind: ServerKind) -> Result<()> {
+    let server = Server::start(kind)?;
+    let addr = server.client_addr();
+    let get = |path: &str| http_get(addr, path, TIMEOUT);
+    for path in [
+        "/livez",
+        "/readyz",
+        "/livez/serializable_read",
+        "/readyz/data_corruption",
+        "/readyz/serializable_read",
+        "/readyz/linearizable_read",
+    ] {
+        let (code, body) = get(path)?;
+        ensure!(
+            code == 200 && body == "ok\n",
+            "{kind:?}: {path}: {code} {body:?}"
+        );
+    }
+    let cases: &[(&str, &[&str])] = &[
+        ("/livez?verbose", &["[+]serializable_read ok", "ok"]),
+        (
+            "/readyz?verbose",
+            &[
+                "[+]data_corruption ok",
+                "[+]serializable_read ok",
+                "[+]linearizable_read ok",
+                "ok",
+            ],
+        ),
+        (
+            "/readyz?exclude=linearizable_read&verbose",
+            &["[+]data_corruption ok", "[+]serializable_read ok", "ok"],
+        ),
+        (
+            "/readyz?exclude=data_corruption&exclude=serializable_read&verbose",
+            &["[+]linearizable_read ok", "ok"],
+        ),
+        // A check the registry lacks cannot be excluded: everything runs.
+        (
+            "/livez?exclude=no_such_check&verbose",
+            &["[+]serializable_read ok", "ok"],
+        ),
+        (
+            "/readyz/linearizable_read?verbose",
+            &["[+]linearizable_read ok", "ok"],
+        ),
+    ];
+    for (path, want) in cases {
+        let (code, body) = get(path)?;
+        ensure!(
+            code == 200 && body.ends_with("ok\n") && lines(&body) == set(want),
+            "{kind:?}: {path}: {code} {body:?}"
+        );
+    }
+    for path in ["/livez/linearizable_read", "/livez/data_corruption"] {
+        let (code, body) = get(path)?;
+        ensure!(
+            code == 404 && body == "404 page not found\n",
+            "{kind:?}: {path}: {code} {body:?}"
+        );
+    }
+    for path in ["/livez", "/readyz/linearizable_read"] {
+        let (code, raw) = request(addr, "POST", path)?;
+        let head = raw.to_ascii_lowercase();
+        ensure!(
+            code == 405 && head.contains("allow: get") && raw.ends_with("Method Not Allowed\n"),
+            "{kind:?}: POST {path}: {raw:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn livez_and_readyz_registries_concord() -> Result<()> {
+    registries_on_a_healthy_member(ServerKind::Concord)
+}
+
+#[test]
+fn livez_and_readyz_registries_etcd35() -> Result<()> {
+    registries_on_a_healthy_member(ServerKind::Etcd35)
+}
+
+/// With two of three members gone, the survivor is alive (`/livez` 200) but not ready:
+/// `/readyz` answers 503 with every check's result, the linearizable read timed out.
+fn quorum_lost(kind: ServerKind) -> Result<()> {
+    let mut cluster = Cluster::start(kind, 3)?;
+    cluster.members[1].kill9()?;
+    cluster.members[2].kill9()?;
+    let addr = cluster.members[0].client_addr();
+    let (code, body) = http_get(addr, "/livez", TIMEOUT)?;
+    ensure!(
+        code == 200 && body == "ok\n",
+        "{kind:?}: /livez {code} {body:?}"
+    );
+    let (code, body) = http_get(addr, "/readyz", TIMEOUT)?;
+    ensure!(
+        code == 503
+            && body.ends_with("\n\n")
+            && lines(&body)
+                == set(&[
+                    "[+]data_corruption ok",
+                    "[+]serializable_read ok",
+                    "[-]linearizable_read failed: etcdserver: request timed out",
+                ]),
+        "{kind:?}: /readyz {code} {body:?}"
+    );
+    let (code, body) = http_get(addr, "/readyz?exclude=linearizable_read", TIMEOUT)?;
+    ensure!(
+        code == 200 && body == "ok\n",
+        "{kind:?}: /readyz without linearizable_read {code} {body:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cluster3_quorum_lost_member_is_live_not_ready_concord() -> Result<()> {
+    quorum_lost(ServerKind::Concord)
+}
+
+#[test]
+fn cluster3_quorum_lost_member_is_live_not_ready_etcd35() -> Result<()> {
+    quorum_lost(ServerKind::Etcd35)
+}
