@@ -1,7 +1,8 @@
 //! `/livez` and `/readyz`: etcd 3.5's check registries (`serializable_read` for liveness;
 //! `data_corruption`, `serializable_read` and `linearizable_read` for readiness), their
 //! per-check paths, `?exclude=` and `?verbose`, 404 for a check a registry lacks, 405 for other
-//! methods, and a 503 listing every result when quorum is lost. Each case runs against concord
+//! methods, and a 503 listing every result when quorum is lost; and what a path no route takes
+//! gets. Each case runs against concord
 //! and, as the reference, etcd 3.5.16 with the same assertions. etcd lists the checks in Go map
 //! order, so the verbose lines are compared as sets.
 
@@ -11,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use concord_store::proto::etcdserverpb::{RangeRequest, RangeResponse};
 use concord_tests::server::http_get;
 use concord_tests::{Cluster, Server, ServerKind};
 
@@ -116,6 +118,58 @@ fn registries_on_a_healthy_member(kind: ServerKind) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Paths no server route takes: Go's plain-text 404, the gateway's JSON 404 under `/v3/`, and
+/// gRPC's Unimplemented for an unknown method.
+fn unknown_paths(kind: ServerKind) -> Result<()> {
+    let server = Server::start(kind)?;
+    let addr = server.client_addr();
+    for path in ["/foo", "/readyz/", "/health/x"] {
+        let (code, body) = http_get(addr, path, TIMEOUT)?;
+        ensure!(
+            code == 404 && body == "404 page not found\n",
+            "{kind:?}: {path}: {code} {body:?}"
+        );
+    }
+    for path in ["/v3/foo", "/v3/kv/foo"] {
+        let (code, body) = http_get(addr, path, TIMEOUT)?;
+        ensure!(
+            code == 404 && body == r#"{"code":5, "message":"Not Found"}"#,
+            "{kind:?}: {path}: {code} {body:?}"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(server.endpoint())?
+            .connect()
+            .await?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await?;
+        let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/NoSuchMethod");
+        let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
+        let got = grpc
+            .unary(tonic::Request::new(RangeRequest::default()), path, codec)
+            .await;
+        anyhow::Ok(got.err())
+    })?;
+    ensure!(
+        status.as_ref().map(|s| s.code()) == Some(tonic::Code::Unimplemented),
+        "{kind:?}: an unknown gRPC method answered {status:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_paths_get_etcds_not_found_concord() -> Result<()> {
+    unknown_paths(ServerKind::Concord)
+}
+
+#[test]
+fn unknown_paths_get_etcds_not_found_etcd35() -> Result<()> {
+    unknown_paths(ServerKind::Etcd35)
 }
 
 #[test]

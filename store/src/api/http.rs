@@ -28,13 +28,20 @@ use crate::error::Error;
 use crate::proto::etcdserverpb::{AlarmType, RangeRequest};
 use crate::server::EtcdServer;
 
-/// Routes of the HTTP endpoints on a client listener.
+/// Routes of the HTTP endpoints on a client listener (the client router adds the fallback:
+/// it also serves gRPC).
 pub fn router(server: Arc<EtcdServer>) -> Router {
-    metrics_router(server).route("/version", get(version))
+    health_and_metrics()
+        .route("/version", get(version))
+        .with_state(server)
 }
 
 /// Routes of a `--listen-metrics-urls` listener: metrics and the health checks.
 pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
+    health_and_metrics().fallback(not_found).with_state(server)
+}
+
+fn health_and_metrics() -> Router<Arc<EtcdServer>> {
     Router::new()
         .route("/health", get(health))
         .route("/livez", any(livez))
@@ -42,7 +49,6 @@ pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
         .route("/readyz", any(readyz))
         .route("/readyz/{check}", any(readyz_one))
         .route("/metrics", get(metrics))
-        .with_state(server)
 }
 
 /// etcd's health check: a leader exists and a linearizable read succeeds.
@@ -199,6 +205,11 @@ fn text(mut resp: Response) -> Response {
     resp
 }
 
+/// Go's `http.NotFound`: what etcd's HTTP mux answers for a path it does not serve.
+pub async fn not_found() -> Response {
+    text((StatusCode::NOT_FOUND, "404 page not found\n").into_response())
+}
+
 /// A registry's root path: every check not excluded.
 async fn registry_root(
     server: &EtcdServer,
@@ -231,7 +242,7 @@ async fn registry_one(
     query: Option<String>,
 ) -> Response {
     let Some(check) = all.iter().copied().find(|c| c.name() == name) else {
-        return text((StatusCode::NOT_FOUND, "404 page not found\n").into_response());
+        return not_found().await;
     };
     let (_, verbose) = query_flags(query.as_deref());
     run_checks(server, method, &[check], verbose).await

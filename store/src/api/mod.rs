@@ -83,6 +83,36 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
         ))
         .merge(http::router(server))
         .merge(gateway)
+        .fallback(not_found)
+}
+
+/// What etcd answers for a path it does not serve: gRPC's Unimplemented to a gRPC request, the
+/// gateway's JSON 404 under `/v3/`, and Go's plain-text 404 to any other HTTP request.
+async fn not_found(req: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    if req.uri().path().starts_with("/v3/") {
+        return (
+            StatusCode::NOT_FOUND,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            r#"{"code":5, "message":"Not Found"}"#,
+        )
+            .into_response();
+    }
+    http::not_found().await
 }
 
 /// How long a shutdown waits for open connections (watch streams never end by themselves).
