@@ -906,13 +906,8 @@ impl Driver {
             }
             None => None,
         };
-        let committed = ready.take_committed_entries();
-        let applied = if committed.is_empty() {
-            None
-        } else {
-            let wtx = self.state_tx(&mut state_tx)?;
-            self.apply_committed(wtx, committed, &mut replies)?
-        };
+        let applied =
+            self.apply_committed(&mut state_tx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if !entries.is_empty() {
             self.node.mut_store().wl().append(&entries)?;
@@ -929,13 +924,8 @@ impl Driver {
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().wl().mut_hard_state().commit = commit;
         }
-        let committed = light.take_committed_entries();
-        let applied_more = if committed.is_empty() {
-            None
-        } else {
-            let wtx = self.state_tx(&mut state_tx)?;
-            self.apply_committed(wtx, committed, &mut replies)?
-        };
+        let applied_more =
+            self.apply_committed(&mut state_tx, light.take_committed_entries(), &mut replies)?;
         let hs = (hs_changed || light.commit_index().is_some())
             .then(|| self.node.store().rl().hard_state().clone());
         if let Some(snap) = &snapshot {
@@ -981,18 +971,20 @@ impl Driver {
         }
     }
 
-    /// Applies `entries` inside `wtx`; returns the events they produced and the store revision
-    /// after them (None when there was nothing to apply).
+    /// Applies `entries` inside the Ready's state transaction (`slot`, begun here if need be);
+    /// returns the events they produced and the store revision after them (None when there was
+    /// nothing to apply).
     #[must_use = "committed events must reach the watch hub"]
     fn apply_committed(
         &mut self,
-        wtx: &WriteTransaction,
+        slot: &mut Option<WriteTransaction>,
         entries: Vec<Entry>,
         replies: &mut Vec<(Waiter, Outcome)>,
     ) -> Result<Option<AppliedBatch>> {
         let Some((last, last_term)) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(None);
         };
+        let wtx = self.state_tx(slot)?;
         let out = {
             let mut tables = WriteTables::open(wtx)?;
             for e in &entries {

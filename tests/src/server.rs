@@ -572,12 +572,32 @@ fn tail(path: &Path, max_lines: usize) -> String {
 /// A minimal HTTP/1.1 `GET` over a plain `TcpStream` (no proxy, loopback only): returns the status
 /// code and the body (de-chunked if needed). Each network step is bounded by `timeout`.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, timeout).map(|r| (r.code, r.body))
+}
+
+/// What [`http_request`] got back.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub code: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body, de-chunked if needed.
+    pub body: String,
+}
+
+/// Like [`http_get`], with any method (and an empty request body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: concord-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: concord-tests\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -599,7 +619,11 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16,
     } else {
         body.to_owned()
     };
-    Ok((code, body))
+    Ok(HttpResponse {
+        code,
+        head: head.to_owned(),
+        body,
+    })
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -7,13 +7,11 @@
 //! order, so the verbose lines are compared as sets.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use concord_store::proto::etcdserverpb::{RangeRequest, RangeResponse};
-use concord_tests::server::http_get;
+use concord_tests::server::{http_get, http_request};
 use concord_tests::{Cluster, Server, ServerKind};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,24 +26,6 @@ fn lines(body: &str) -> BTreeSet<String> {
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-/// Sends `method path` and returns the status code and the raw response head and body.
-fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, raw))
 }
 
 fn registries_on_a_healthy_member(kind: ServerKind) -> Result<()> {
@@ -110,11 +90,12 @@ fn registries_on_a_healthy_member(kind: ServerKind) -> Result<()> {
         );
     }
     for path in ["/livez", "/readyz/linearizable_read"] {
-        let (code, raw) = request(addr, "POST", path)?;
-        let head = raw.to_ascii_lowercase();
+        let r = http_request(addr, "POST", path, TIMEOUT)?;
         ensure!(
-            code == 405 && head.contains("allow: get") && raw.ends_with("Method Not Allowed\n"),
-            "{kind:?}: POST {path}: {raw:?}"
+            r.code == 405
+                && r.head.to_ascii_lowercase().contains("\r\nallow: get")
+                && r.body == "Method Not Allowed\n",
+            "{kind:?}: POST {path}: {r:?}"
         );
     }
     Ok(())

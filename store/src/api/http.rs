@@ -42,13 +42,11 @@ pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
 }
 
 fn health_and_metrics() -> Router<Arc<EtcdServer>> {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
-        .route("/livez", any(livez))
-        .route("/livez/{check}", any(livez_one))
-        .route("/readyz", any(readyz))
-        .route("/readyz/{check}", any(readyz_one))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let router = registry_routes(router, "/livez", LIVEZ);
+    registry_routes(router, "/readyz", READYZ)
 }
 
 /// etcd's health check: a leader exists and a linearizable read succeeds.
@@ -248,38 +246,34 @@ async fn registry_one(
     run_checks(server, method, &[check], verbose).await
 }
 
-async fn livez(
-    State(server): State<Arc<EtcdServer>>,
-    method: Method,
-    RawQuery(query): RawQuery,
-) -> Response {
-    registry_root(&server, &method, LIVEZ, query).await
-}
-
-async fn livez_one(
-    State(server): State<Arc<EtcdServer>>,
-    method: Method,
-    axum::extract::Path(name): axum::extract::Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    registry_one(&server, &method, LIVEZ, &name, query).await
-}
-
-async fn readyz(
-    State(server): State<Arc<EtcdServer>>,
-    method: Method,
-    RawQuery(query): RawQuery,
-) -> Response {
-    registry_root(&server, &method, READYZ, query).await
-}
-
-async fn readyz_one(
-    State(server): State<Arc<EtcdServer>>,
-    method: Method,
-    axum::extract::Path(name): axum::extract::Path<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    registry_one(&server, &method, READYZ, &name, query).await
+/// Adds a registry's root path (`root`) and its per-check paths (`root/<check>`).
+fn registry_routes(
+    router: Router<Arc<EtcdServer>>,
+    root: &str,
+    checks: &'static [Check],
+) -> Router<Arc<EtcdServer>> {
+    router
+        .route(
+            root,
+            any(
+                move |State(server): State<Arc<EtcdServer>>,
+                      method: Method,
+                      RawQuery(query): RawQuery| async move {
+                    registry_root(&server, &method, checks, query).await
+                },
+            ),
+        )
+        .route(
+            &format!("{root}/{{check}}"),
+            any(
+                move |State(server): State<Arc<EtcdServer>>,
+                      method: Method,
+                      axum::extract::Path(name): axum::extract::Path<String>,
+                      RawQuery(query): RawQuery| async move {
+                    registry_one(&server, &method, checks, &name, query).await
+                },
+            ),
+        )
 }
 
 async fn version() -> impl IntoResponse {
