@@ -1,7 +1,7 @@
 //! Repair of the HTTP/2 `:authority` pseudo-header on inbound client connections.
 //!
-//! Owns [`FixAuthority`], the wrapper every accepted client connection is read through, and
-//! [`FixAuthorityListener`], the `axum::serve::Listener` that applies it.
+//! Owns [`FixAuthority`], the wrapper every accepted client connection is read through (see
+//! `api::serve`).
 //!
 //! Why it exists: etcdctl 3.4 (grpc-go ~1.26) dials its maintenance RPCs (`endpoint status`,
 //! `snapshot save`, `defrag`, `endpoint hashkv`, `move-leader`) with the target
