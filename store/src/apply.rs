@@ -310,14 +310,7 @@ fn compaction(tables: &mut WriteTables<'_>, c: &CompactionRequest) -> Result<Com
         // etcd hashes the history up to the new compaction revision while compacting, and
         // answers HashKV at that revision with it (see `hash`).
         let prev = if revs.compact == 0 { -1 } else { revs.compact };
-        let h = crate::hash::history_hash(
-            &tables.latest,
-            &tables.history,
-            &tables.changes,
-            prev,
-            c.revision,
-            revs.current,
-        )?;
+        let h = crate::hash::history_hash(&tables.revs_table, &tables.index, prev, c.revision)?;
         tables
             .compaction_hashes
             .insert(c.revision as u64, (h, prev))?;
@@ -525,7 +518,7 @@ mod tests {
         .encode_to_vec();
         let wtx = b.db().begin_write().unwrap();
         let (id, out) = {
-            let mut t = WriteTables::open(&wtx).unwrap();
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
             apply_entry(&mut t, &data)
         };
         assert_eq!(id, 7);
@@ -543,7 +536,7 @@ mod tests {
 
     fn get(b: &Backend, r: RangeRequest) -> Result<RangeResponse> {
         let rtx = b.db().begin_read().unwrap();
-        range(&ReadView::open(&rtx).unwrap(), &r)
+        range(&ReadView::open(&rtx, b.index()).unwrap(), &r)
     }
 
     fn op_put(k: &str, v: &str) -> RequestOp {

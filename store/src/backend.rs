@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <data-dir>/concord/store.redb   the state machine: MVCC key space, leases, members, auth, meta,
-//!                                 the applied conf state
+//!                                 the applied conf state (the key index over the key space is
+//!                                 in memory only, see `index`)
 //! <data-dir>/concord/wal/         the raft log and the hard state (`wal`: append-only segments)
 //! ```
 //!
@@ -19,16 +20,18 @@
 //! key-value semantics (that is `mvcc`) or raft semantics (that is `raft`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
+use crate::index::KeyIndex;
 
 /// Version of the on-disk layout. Bumped on any incompatible schema change (2: the raft log
-/// moved to the write-ahead log).
-pub const FORMAT_VERSION: u64 = 2;
+/// moved to the write-ahead log; 3: key-value versions keyed by revision only, with an
+/// in-memory key index).
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Small counters, each a `u64` under a fixed name (see the `META_*` key constants).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -56,18 +59,13 @@ pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_
 /// `RAFT_STATE` key for the conf state.
 pub const RAFT_CONF_STATE: &str = "conf_state";
 
-/// Latest live version of every key: user key -> `mvccpb.KeyValue` (prost) with `key` left
-/// empty (it is the table key). Deleted keys are absent. Serves reads at the current revision.
-pub const KV_LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_latest");
-
-/// Every version of every key since the last compaction: (user key, main revision) ->
-/// `mvccpb.KeyValue` (prost, `key` empty). A tombstone (delete) has `version == 0`.
-/// Within one revision a key changes at most once (etcd rejects duplicate keys in a txn).
-pub const KV_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("kv_history");
-
-/// Change log in revision order: (main revision, sub revision) -> user key. Lets watchers and
-/// compaction walk history by revision without scanning the key space.
-pub const KV_CHANGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_changes");
+/// Every version of every key since the last compaction, under its revision: (main revision,
+/// sub revision) -> `mvccpb.KeyValue` (prost) with its key, as etcd's `key` bucket holds it; a
+/// tombstone (delete) is the key alone (`version == 0`). Keyed by revision, so writes append at
+/// the end of the tree. Which revision holds a key's version is in the in-memory `index`, which
+/// is rebuilt from this table on open. Within one revision a key changes at most once (etcd
+/// rejects duplicate keys in a txn).
+pub const KV_REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("kv_revs");
 
 /// Granted leases: lease id -> `concordpb.LeaseRecord` (prost).
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
@@ -132,6 +130,7 @@ const DEFRAG_WAIT: Duration = Duration::from_secs(30);
 pub struct Backend {
     db: RwLock<Database>,
     path: PathBuf,
+    index: Arc<KeyIndex>,
 }
 
 impl Backend {
@@ -160,9 +159,34 @@ impl Backend {
         let backend = Backend {
             db: RwLock::new(db),
             path,
+            index: Arc::default(),
         };
         backend.init_schema()?;
+        backend.load_index()?;
         Ok(backend)
+    }
+
+    /// Rebuilds the key index from the committed `KV_REVS` (on open, and after a restore wrote
+    /// the tables). Logs how long it took, since it reads every stored version.
+    pub fn load_index(&self) -> Result<()> {
+        let started = Instant::now();
+        let rtx = self.db().begin_read()?;
+        let compact = rtx
+            .open_table(META)?
+            .get(META_COMPACT_REV)?
+            .map_or(0, |v| v.value());
+        self.index.load(&rtx.open_table(KV_REVS)?, compact)?;
+        tracing::info!(
+            keys = self.index.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "loaded the key index"
+        );
+        Ok(())
+    }
+
+    /// The in-memory key index of this database's `KV_REVS` (see `index`).
+    pub fn index(&self) -> &Arc<KeyIndex> {
+        &self.index
     }
 
     fn init_schema(&self) -> Result<()> {
@@ -187,9 +211,7 @@ impl Backend {
                 }
             }
             wtx.open_table(RAFT_STATE)?;
-            wtx.open_table(KV_LATEST)?;
-            wtx.open_table(KV_HISTORY)?;
-            wtx.open_table(KV_CHANGES)?;
+            wtx.open_table(KV_REVS)?;
             wtx.open_table(MEMBERS)?;
             wtx.open_table(MEMBERS_REMOVED)?;
             wtx.open_table(LEASES)?;

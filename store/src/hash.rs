@@ -9,8 +9,8 @@
 //! (etcd's `keep` set), unless no key is alive at `rev` at all; a tombstone at exactly the
 //! compaction revision never counts. The result depends on the history alone, so every member
 //! that applied the same entries gives the same hash, and so does etcd after the same writes.
-//! This needs the sub revision of every stored version: `mvcc` keeps the change-log rows of
-//! versions that survive a compaction for this.
+//! Concord stores versions under the same revisions and with the same bytes (`KV_REVS`), so the
+//! hash reads them as they are.
 //! At exactly one of the last ten compaction revisions, etcd answers `HashKV` with the hash it
 //! computed while compacting (over the history before that compaction, reporting the previous
 //! compaction revision), even if a later compaction made that revision unreadable. Concord does
@@ -22,18 +22,16 @@
 //! keys and values in redb's byte encoding. Member-local tables (raft log, raft state, `meta`)
 //! are left out, so members at the same applied index agree.
 
-use prost::Message;
 use redb::{
     Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
 };
 
 use crate::backend::{
-    ALARMS, Backend, COMPACTION_HASHES, KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES,
-    META, META_COMPACT_REV, META_CURRENT_REV,
+    ALARMS, Backend, COMPACTION_HASHES, KV_REVS, LEASE_KEYS, LEASES, META, META_COMPACT_REV,
+    META_CURRENT_REV,
 };
 use crate::error::{Error, Result};
-use crate::mvcc::{HistoryKey, KeyInterval, LatestKey, range};
-use crate::proto::mvccpb::KeyValue;
+use crate::index::{KeyIndex, RevKey, key_and_tombstone};
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as Go's `crc32.MakeTable(Castagnoli)`.
 #[derive(Debug, Clone, Copy)]
@@ -118,14 +116,7 @@ pub fn hash_kv(backend: &Backend, rev: i64) -> Result<KvHash> {
         return Err(Error::FutureRev);
     }
     let rev = if rev == 0 { current } else { rev };
-    let hash = history_hash(
-        &rtx.open_table(KV_LATEST)?,
-        &rtx.open_table(KV_HISTORY)?,
-        &rtx.open_table(KV_CHANGES)?,
-        compact,
-        rev,
-        current,
-    )?;
+    let hash = history_hash(&rtx.open_table(KV_REVS)?, backend.index(), compact, rev)?;
     Ok(KvHash {
         hash,
         compact_revision: compact,
@@ -135,56 +126,36 @@ pub fn hash_kv(backend: &Backend, rev: i64) -> Result<KvHash> {
 }
 
 /// etcd's `kvHasher` over the history up to `rev`, with `compact` (-1 for none) as the
-/// compaction revision; see the module docs. Works on read and write transactions alike.
-pub fn history_hash<L, H, C>(
-    latest: &L,
-    history: &H,
-    changes: &C,
-    compact: i64,
-    rev: i64,
-    current: i64,
-) -> Result<u32>
+/// compaction revision; see the module docs. `table` is `KV_REVS` in a read or write
+/// transaction, `index` the key index (which must still hold `rev`). The stored bytes are etcd's
+/// bucket values, so they are hashed as they are.
+pub fn history_hash<T>(table: &T, index: &KeyIndex, compact: i64, rev: i64) -> Result<u32>
 where
-    L: ReadableTable<LatestKey, &'static [u8]>,
-    H: ReadableTable<HistoryKey, &'static [u8]>,
-    C: ReadableTable<(u64, u32), &'static [u8]>,
+    T: ReadableTable<RevKey, &'static [u8]>,
 {
+    if (rev as u64) < index.compacted() {
+        return Err(Error::Compacted);
+    }
     let mut h = Crc32c::default();
     h.write(b"key");
     // etcd skips versions of the compacted past that its `keep` set lacks, but only when that
     // set is not empty, i.e. when some key is alive at `rev`.
-    let any_alive = compact > 0
-        && range(
-            latest,
-            history,
-            &KeyInterval::From(&[]),
-            rev,
-            current,
-            1,
-            false,
-        )?
-        .count
-            > 0;
+    let any_alive = compact > 0 && index.any_live(rev as u64);
     let mut rev_key = [0u8; 18];
-    for item in changes.range::<(u64, u32)>(..=(rev as u64, u32::MAX))? {
-        let (k, key) = item?;
+    for item in table.range::<RevKey>(..=(rev as u64, u32::MAX))? {
+        let (k, v) = item?;
         let (main, sub) = k.value();
-        let key = key.value();
-        let Some(stored) = history.get((key, main))? else {
-            continue;
-        };
-        let mut kv = KeyValue::decode(stored.value())?;
-        let tombstone = kv.version == 0;
+        let stored = v.value();
+        let (key, tombstone) = key_and_tombstone(stored)?;
         if main as i64 <= compact {
             if tombstone && main as i64 == compact {
                 continue;
             }
             if any_alive {
                 // In `keep` only if it is still the newest version of its key at `rev`.
-                let newer = history
-                    .range::<(&[u8], u64)>((key, main + 1)..=(key, rev as u64))?
-                    .next()
-                    .is_some();
+                let newer = index
+                    .newest_at(key, rev as u64)
+                    .is_some_and(|r| r.main > main);
                 if newer || tombstone {
                     continue;
                 }
@@ -193,19 +164,13 @@ where
         rev_key[..8].copy_from_slice(&main.to_be_bytes());
         rev_key[8] = b'_';
         rev_key[9..17].copy_from_slice(&u64::from(sub).to_be_bytes());
-        let value = if tombstone {
+        if tombstone {
             rev_key[17] = b't';
             h.write(&rev_key);
-            KeyValue {
-                key: key.to_vec(),
-                ..Default::default()
-            }
         } else {
             h.write(&rev_key[..17]);
-            kv.key = key.to_vec();
-            kv
-        };
-        h.write(&value.encode_to_vec());
+        }
+        h.write(stored);
     }
     Ok(h.sum())
 }
@@ -219,9 +184,7 @@ pub fn hash(backend: &Backend) -> Result<(u32, i64)> {
         .get(META_CURRENT_REV)?
         .map_or(1, |v| v.value()) as i64;
     let mut h = Crc32c::default();
-    hash_table(&rtx, KV_LATEST, &mut h)?;
-    hash_table(&rtx, KV_HISTORY, &mut h)?;
-    hash_table(&rtx, KV_CHANGES, &mut h)?;
+    hash_table(&rtx, KV_REVS, &mut h)?;
     hash_table(&rtx, LEASES, &mut h)?;
     hash_table(&rtx, LEASE_KEYS, &mut h)?;
     hash_table(&rtx, ALARMS, &mut h)?;
@@ -251,7 +214,7 @@ fn hash_table<K: Key + 'static, V: Value + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::WriteTables;
+    use crate::mvcc::{KeyInterval, WriteTables};
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {
@@ -263,7 +226,7 @@ mod tests {
     fn write(b: &Backend, f: impl FnOnce(&mut WriteTables<'_>)) {
         let wtx = b.db().begin_write().unwrap();
         {
-            let mut t = WriteTables::open(&wtx).unwrap();
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
             f(&mut t);
         }
         wtx.commit().unwrap();

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fault;
 pub mod hash;
 pub mod ids;
+pub mod index;
 pub mod lease;
 pub mod membership;
 pub mod mvcc;

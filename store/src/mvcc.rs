@@ -2,28 +2,27 @@
 //!
 //! The store keeps etcd's revision model: every write request that changes something gets the
 //! next main revision; each key records its `create_revision`, `mod_revision` and `version`
-//! (reset to 0 by a delete, shown as a tombstone in history). Reads at the current revision use
-//! `KV_LATEST`; reads at an older revision walk `KV_HISTORY` (see `backend` for layouts).
+//! (reset to 0 by a delete, shown as a tombstone in history). Every version is stored once, under
+//! its revision, in `KV_REVS` (see `backend`); the in-memory `index` says which revision holds a
+//! key's version at any revision, so reads look the key up there and load the versions they
+//! return.
 //!
 //! This module works inside transactions that its caller opens (`apply` for writes, `server`
 //! for reads): it never opens, commits or aborts one itself, and it knows nothing of raft.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::backend::{
-    ALARMS, COMPACTION_HASHES, KV_CHANGES, KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, META,
-    META_COMPACT_REV, META_CURRENT_REV,
+    ALARMS, COMPACTION_HASHES, KV_REVS, LEASE_KEYS, LEASES, META, META_COMPACT_REV,
+    META_CURRENT_REV,
 };
 use crate::error::{Error, Result};
+use crate::index::{KeyIndex, Rev, RevKey};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
-
-/// Key type of `KV_LATEST` as redb sees it.
-pub type LatestKey = &'static [u8];
-/// Key type of `KV_HISTORY` as redb sees it.
-pub type HistoryKey = (&'static [u8], u64);
 
 /// The key interval a request names, decoded from etcd's `(key, range_end)` convention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +45,8 @@ impl<'a> KeyInterval<'a> {
         }
     }
 
-    fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    /// The interval as range bounds over keys.
+    pub fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
         match *self {
             KeyInterval::Point(k) => (Bound::Included(k), Bound::Included(k)),
             KeyInterval::From(k) => (Bound::Included(k), Bound::Unbounded),
@@ -54,7 +54,8 @@ impl<'a> KeyInterval<'a> {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether no key can lie in the interval.
+    pub fn is_empty(&self) -> bool {
         matches!(*self, KeyInterval::Span(k, e) if e <= k)
     }
 
@@ -102,87 +103,73 @@ pub fn resolve_rev(requested: i64, revs: Revs) -> Result<i64> {
     Ok(rev)
 }
 
-fn decode(key: &[u8], bytes: &[u8]) -> Result<KeyValue> {
+/// The bytes a version is stored as in `KV_REVS`: the `mvccpb.KeyValue` with its key, as etcd
+/// stores it in its `key` bucket; a tombstone is the key alone (etcd's too).
+pub fn stored_bytes(kv: &KeyValue) -> Vec<u8> {
+    if kv.version > 0 {
+        kv.encode_to_vec()
+    } else {
+        KeyValue {
+            key: kv.key.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}
+
+/// Decodes a version stored at `main` (see [`stored_bytes`]); a tombstone gets its
+/// `mod_revision` back from the revision it is stored under.
+pub fn decode_stored(main: u64, bytes: &[u8]) -> Result<KeyValue> {
     let mut kv = KeyValue::decode(bytes)?;
-    kv.key = key.to_vec();
+    if kv.version == 0 {
+        kv.mod_revision = main as i64;
+    }
     Ok(kv)
+}
+
+/// Loads the version stored at `rev` from a `KV_REVS` table.
+pub fn load<T>(table: &T, rev: Rev) -> Result<KeyValue>
+where
+    T: ReadableTable<RevKey, &'static [u8]>,
+{
+    let v = table.get(rev.key())?.ok_or_else(|| {
+        Error::Storage(format!(
+            "revision {}_{} is in the key index but not in the database; restart the member to \
+             rebuild the index",
+            rev.main, rev.sub
+        ))
+    })?;
+    decode_stored(rev.main, v.value())
 }
 
 /// Reads keys of `interval` as of revision `rev` (already resolved by [`resolve_rev`]).
 /// `limit == 0` returns all; `count_only` returns none but still counts.
-pub fn range<L, H>(
-    latest: &L,
-    history: &H,
+pub fn range<T>(
+    table: &T,
+    index: &KeyIndex,
     interval: &KeyInterval<'_>,
     rev: i64,
-    current: i64,
     limit: usize,
     count_only: bool,
 ) -> Result<RangeResult>
 where
-    L: ReadableTable<LatestKey, &'static [u8]>,
-    H: ReadableTable<HistoryKey, &'static [u8]>,
+    T: ReadableTable<RevKey, &'static [u8]>,
 {
-    let mut out = RangeResult::default();
-    if interval.is_empty() {
-        return Ok(out);
-    }
-    let want = |out: &RangeResult| !count_only && (limit == 0 || out.kvs.len() < limit);
-    if rev >= current {
-        if let KeyInterval::Point(k) = *interval {
-            if let Some(v) = latest.get(k)? {
-                out.count = 1;
-                if !count_only {
-                    out.kvs.push(decode(k, v.value())?);
-                }
-            }
-            return Ok(out);
-        }
-        for item in latest.range::<&[u8]>(interval.bounds())? {
-            let (k, v) = item?;
-            if want(&out) {
-                out.kvs.push(decode(k.value(), v.value())?);
-            }
-            out.count += 1;
-        }
-        return Ok(out);
-    }
-    // Historical read: per key, the newest version at or below `rev`, unless it is a tombstone.
-    let (lo, hi) = interval.bounds();
-    let lo = match lo {
-        Bound::Included(k) => Bound::Included((k, 0u64)),
-        _ => Bound::Unbounded,
+    let want = match (count_only, limit) {
+        (true, _) => 0,
+        (false, 0) => usize::MAX,
+        (false, n) => n,
     };
-    let hi = match hi {
-        Bound::Included(k) => Bound::Included((k, u64::MAX)),
-        Bound::Excluded(k) => Bound::Excluded((k, 0u64)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    let mut pending: Option<(Vec<u8>, Vec<u8>)> = None;
-    let flush = |pending: &mut Option<(Vec<u8>, Vec<u8>)>, out: &mut RangeResult| -> Result<()> {
-        if let Some((k, v)) = pending.take() {
-            let kv = decode(&k, &v)?;
-            if kv.version > 0 {
-                if want(out) {
-                    out.kvs.push(kv);
-                }
-                out.count += 1;
-            }
-        }
-        Ok(())
-    };
-    for item in history.range::<(&[u8], u64)>((lo, hi))? {
-        let (k, v) = item?;
-        let (key, krev) = k.value();
-        if pending.as_ref().is_some_and(|(pk, _)| pk.as_slice() != key) {
-            flush(&mut pending, &mut out)?;
-        }
-        if krev as i64 <= rev {
-            pending = Some((key.to_vec(), v.value().to_vec()));
-        }
-    }
-    flush(&mut pending, &mut out)?;
-    Ok(out)
+    let found = index.range(interval, rev.max(0) as u64, want)?;
+    let kvs = found
+        .revs
+        .iter()
+        .map(|r| load(table, *r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RangeResult {
+        kvs,
+        count: found.count,
+    })
 }
 
 /// Anything that can serve reads: a read-only snapshot or a write request in progress.
@@ -201,20 +188,20 @@ pub trait KvRead {
 
 /// A consistent read-only view of the key space (one redb read transaction).
 pub struct ReadView {
-    latest: redb::ReadOnlyTable<LatestKey, &'static [u8]>,
-    history: redb::ReadOnlyTable<HistoryKey, &'static [u8]>,
+    revs_table: redb::ReadOnlyTable<RevKey, &'static [u8]>,
+    index: Arc<KeyIndex>,
     revs: Revs,
 }
 
 impl ReadView {
     /// Opens the key space as of the last committed write.
-    pub fn open(rtx: &redb::ReadTransaction) -> Result<Self> {
+    pub fn open(rtx: &redb::ReadTransaction, index: &Arc<KeyIndex>) -> Result<Self> {
         let meta = rtx.open_table(META)?;
         let current = meta.get(META_CURRENT_REV)?.map(|v| v.value()).unwrap_or(1) as i64;
         let compact = meta.get(META_COMPACT_REV)?.map(|v| v.value()).unwrap_or(0) as i64;
         Ok(ReadView {
-            latest: rtx.open_table(KV_LATEST)?,
-            history: rtx.open_table(KV_HISTORY)?,
+            revs_table: rtx.open_table(KV_REVS)?,
+            index: Arc::clone(index),
             revs: Revs { current, compact },
         })
     }
@@ -232,11 +219,10 @@ impl KvRead for ReadView {
         count_only: bool,
     ) -> Result<RangeResult> {
         range(
-            &self.latest,
-            &self.history,
+            &self.revs_table,
+            &self.index,
             interval,
             rev,
-            self.revs.current,
             limit,
             count_only,
         )
@@ -260,10 +246,10 @@ impl KvRead for TxnWrite<'_, '_> {
 
 /// The MVCC tables opened for writing inside one redb write transaction.
 pub struct WriteTables<'t> {
-    pub latest: Table<'t, LatestKey, &'static [u8]>,
-    pub history: Table<'t, HistoryKey, &'static [u8]>,
-    /// The change log (see `backend::KV_CHANGES`).
-    pub changes: Table<'t, (u64, u32), &'static [u8]>,
+    /// Every stored version (see `backend::KV_REVS`).
+    pub revs_table: Table<'t, RevKey, &'static [u8]>,
+    /// The key index; every version written through these tables is pushed to it.
+    pub index: Arc<KeyIndex>,
     meta: Table<'t, &'static str, u64>,
     /// Granted leases (see `backend::LEASES`); the `lease` module reads and writes them.
     pub leases: Table<'t, i64, &'static [u8]>,
@@ -287,15 +273,14 @@ pub struct WriteTables<'t> {
 }
 
 impl<'t> WriteTables<'t> {
-    /// Opens the MVCC tables in `wtx`.
-    pub fn open(wtx: &'t WriteTransaction) -> Result<Self> {
+    /// Opens the MVCC tables in `wtx`; `index` is the backend's key index.
+    pub fn open(wtx: &'t WriteTransaction, index: &Arc<KeyIndex>) -> Result<Self> {
         let meta = wtx.open_table(META)?;
         let current = meta.get(META_CURRENT_REV)?.map(|v| v.value()).unwrap_or(1) as i64;
         let compact = meta.get(META_COMPACT_REV)?.map(|v| v.value()).unwrap_or(0) as i64;
         Ok(WriteTables {
-            latest: wtx.open_table(KV_LATEST)?,
-            history: wtx.open_table(KV_HISTORY)?,
-            changes: wtx.open_table(KV_CHANGES)?,
+            revs_table: wtx.open_table(KV_REVS)?,
+            index: Arc::clone(index),
             meta,
             leases: wtx.open_table(LEASES)?,
             lease_keys: wtx.open_table(LEASE_KEYS)?,
@@ -339,45 +324,8 @@ impl<'t> WriteTables<'t> {
         if rev > self.current {
             return Err(Error::FutureRev);
         }
-        let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut newest: Option<(Vec<u8>, u64, bool)> = None; // (key, rev, is_tombstone)
-        for item in self.history.iter()? {
-            let (k, v) = item?;
-            let (key, krev) = k.value();
-            if krev as i64 > rev {
-                continue;
-            }
-            let same_key = newest
-                .as_ref()
-                .is_some_and(|(pk, _, _)| pk.as_slice() == key);
-            if let Some((pk, prev, tomb)) = newest.take() {
-                // An older version of the same key is superseded; a finished key whose newest
-                // version at `rev` is a tombstone goes entirely.
-                if same_key || tomb {
-                    doomed.push((pk, prev));
-                }
-            }
-            let tomb = KeyValue::decode(v.value())?.version == 0;
-            newest = Some((key.to_vec(), krev, tomb));
-        }
-        if let Some((pk, prev, true)) = newest {
-            doomed.push((pk, prev));
-        }
-        for (k, r) in &doomed {
-            self.history.remove((k.as_slice(), *r))?;
-        }
-        // Change-log rows go with their history rows; those of surviving versions stay, so the
-        // `(revision, sub revision)` of every stored version is known (HashKV hashes it).
-        let mut old: Vec<(u64, u32)> = Vec::new();
-        for item in self.changes.range(..(rev as u64, 0))? {
-            let (k, key) = item?;
-            let (r, sub) = k.value();
-            if self.history.get((key.value(), r))?.is_none() {
-                old.push((r, sub));
-            }
-        }
-        for k in old {
-            self.changes.remove(k)?;
+        for k in self.index.compact(rev as u64) {
+            self.revs_table.remove(k)?;
         }
         self.compact = rev;
         self.meta.insert(META_COMPACT_REV, rev as u64)?;
@@ -415,15 +363,7 @@ impl TxnWrite<'_, '_> {
         count_only: bool,
     ) -> Result<RangeResult> {
         let t = &*self.tables;
-        range(
-            &t.latest,
-            &t.history,
-            interval,
-            rev,
-            self.rev(),
-            limit,
-            count_only,
-        )
+        range(&t.revs_table, &t.index, interval, rev, limit, count_only)
     }
 
     /// Whether lease `id` is granted, as of this request.
@@ -433,19 +373,19 @@ impl TxnWrite<'_, '_> {
 
     /// The live version of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        self.tables
-            .latest
-            .get(key)?
-            .map(|v| decode(key, v.value()))
+        let t = &*self.tables;
+        t.index
+            .get(key, u64::MAX)
+            .map(|r| load(&t.revs_table, r))
             .transpose()
     }
 
-    /// Stores `kv` (its `key` field empty; `key` is the key) at the next revision and records
-    /// its event with `prev`, the previous live version. Encodes the value once and moves
-    /// `kv` and `prev` into the event: this is the hot path of every write.
-    fn record(&mut self, key: &[u8], mut kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
-        debug_assert!(kv.key.is_empty());
+    /// Stores `kv` (with its key) at the next revision and records its event with `prev`, the
+    /// previous live version. Moves `kv` and `prev` into the event: this is the hot path of
+    /// every write.
+    fn record(&mut self, kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
         let new_rev = (self.tables.current + 1) as u64;
+        let key = kv.key.as_slice();
         let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != 0 && old_lease != kv.lease {
             self.tables.lease_keys.remove((old_lease, key))?;
@@ -453,20 +393,24 @@ impl TxnWrite<'_, '_> {
         if kv.lease != 0 && kv.lease != old_lease {
             self.tables.lease_keys.insert((kv.lease, key), ())?;
         }
-        let bytes = kv.encode_to_vec();
-        let kind = if kv.version > 0 {
-            self.tables.latest.insert(key, bytes.as_slice())?;
-            EventType::Put
-        } else {
-            self.tables.latest.remove(key)?;
-            EventType::Delete
-        };
+        let tombstone = kv.version == 0;
         self.tables
-            .history
-            .insert((key, new_rev), bytes.as_slice())?;
-        self.tables.changes.insert((new_rev, self.sub), key)?;
+            .revs_table
+            .insert((new_rev, self.sub), stored_bytes(&kv).as_slice())?;
+        self.tables.index.push(
+            key,
+            Rev {
+                main: new_rev,
+                sub: self.sub,
+                tombstone,
+            },
+        );
         self.sub += 1;
-        kv.key = key.to_vec();
+        let kind = if tombstone {
+            EventType::Delete
+        } else {
+            EventType::Put
+        };
         self.tables.events.push(Event {
             r#type: kind as i32,
             kv: Some(kv),
@@ -483,20 +427,8 @@ impl TxnWrite<'_, '_> {
         lease: i64,
     ) -> Result<(KeyValue, Option<KeyValue>)> {
         let prev = self.get(key)?;
-        let new_rev = self.tables.current + 1;
-        let kv = KeyValue {
-            key: key.to_vec(),
-            create_revision: prev.as_ref().map_or(new_rev, |p| p.create_revision),
-            mod_revision: new_rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            value,
-            lease,
-        };
-        let stored = KeyValue {
-            key: Vec::new(),
-            ..kv.clone()
-        };
-        self.record(key, stored, prev.clone())?;
+        let kv = self.next_version(key, value, lease, prev.as_ref());
+        self.record(kv.clone(), prev.clone())?;
         Ok((kv, prev))
     }
 
@@ -509,32 +441,40 @@ impl TxnWrite<'_, '_> {
         lease: i64,
         prev: Option<KeyValue>,
     ) -> Result<()> {
+        let kv = self.next_version(key, value, lease, prev.as_ref());
+        self.record(kv, prev)
+    }
+
+    /// The version a put of `value` to `key` over `prev` makes.
+    fn next_version(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        prev: Option<&KeyValue>,
+    ) -> KeyValue {
         let new_rev = self.tables.current + 1;
-        let kv = KeyValue {
-            key: Vec::new(),
-            create_revision: prev.as_ref().map_or(new_rev, |p| p.create_revision),
+        KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.map_or(new_rev, |p| p.create_revision),
             mod_revision: new_rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: prev.map_or(1, |p| p.version + 1),
             value,
             lease,
-        };
-        self.record(key, kv, prev)
+        }
     }
 
     /// Deletes every live key in `interval`; returns what was deleted.
     pub fn delete_range(&mut self, interval: &KeyInterval<'_>) -> Result<Vec<KeyValue>> {
-        let current = self.rev();
-        let found = {
-            let t = &*self.tables;
-            range(&t.latest, &t.history, interval, current, current, 0, false)?.kvs
-        };
+        let found = self.range(interval, self.rev(), 0, false)?.kvs;
         let new_rev = self.tables.current + 1;
         for kv in &found {
             let tomb = KeyValue {
+                key: kv.key.clone(),
                 mod_revision: new_rev,
                 ..Default::default()
             };
-            self.record(&kv.key, tomb, Some(kv.clone()))?;
+            self.record(tomb, Some(kv.clone()))?;
         }
         Ok(found)
     }
@@ -560,7 +500,7 @@ mod tests {
     fn with_write<T>(b: &Backend, f: impl FnOnce(&mut WriteTables<'_>) -> T) -> T {
         let wtx = b.db().begin_write().unwrap();
         let out = {
-            let mut t = WriteTables::open(&wtx).unwrap();
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
             f(&mut t)
         };
         wtx.commit().unwrap();
@@ -580,7 +520,7 @@ mod tests {
     }
 
     fn keys_at(t: &WriteTables<'_>, i: KeyInterval<'_>, rev: i64) -> Vec<(String, String, i64)> {
-        let r = range(&t.latest, &t.history, &i, rev, t.current, 0, false).unwrap();
+        let r = range(&t.revs_table, &t.index, &i, rev, 0, false).unwrap();
         r.kvs
             .into_iter()
             .map(|kv| {
@@ -639,7 +579,7 @@ mod tests {
             );
             assert_eq!(keys_at(t, all, 6).len(), 2);
             // Only a@3 (newest <= 5) and c@6 remain in history.
-            assert_eq!(t.history.len().unwrap(), 2);
+            assert_eq!(t.revs_table.len().unwrap(), 2);
             assert!(matches!(t.compact(5), Err(Error::Compacted)));
             assert!(matches!(t.compact(7), Err(Error::FutureRev)));
             assert!(matches!(resolve_rev(4, t.revs()), Err(Error::Compacted)));
@@ -657,16 +597,15 @@ mod tests {
                 put(t, k, "v");
             }
             let i = KeyInterval::Span(b"k", b"l");
-            let r = range(&t.latest, &t.history, &i, 4, 4, 2, false).unwrap();
+            let r = range(&t.revs_table, &t.index, &i, 4, 2, false).unwrap();
             assert_eq!((r.kvs.len(), r.count), (2, 3));
-            let r = range(&t.latest, &t.history, &i, 3, 4, 0, true).unwrap();
+            let r = range(&t.revs_table, &t.index, &i, 3, 0, true).unwrap();
             assert_eq!((r.kvs.len(), r.count), (0, 2));
             assert_eq!(
                 range(
-                    &t.latest,
-                    &t.history,
+                    &t.revs_table,
+                    &t.index,
                     &KeyInterval::Span(b"z", b"a"),
-                    4,
                     4,
                     0,
                     false

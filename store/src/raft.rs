@@ -986,7 +986,7 @@ impl Driver {
         };
         let wtx = self.state_tx(slot)?;
         let out = {
-            let mut tables = WriteTables::open(wtx)?;
+            let mut tables = WriteTables::open(wtx, self.backend.index())?;
             for e in &entries {
                 match e.get_entry_type() {
                     EntryType::EntryNormal if e.data.is_empty() => {}
@@ -1090,7 +1090,7 @@ impl Driver {
     ) -> Result<crate::snapshot::Installed> {
         let meta = snap.get_metadata();
         let path = received_snapshot_path(&self.backend, meta.index);
-        let installed = crate::snapshot::install(&path, wtx)?;
+        let installed = crate::snapshot::install(&path, wtx, self.backend.index())?;
         wtx.open_table(META)?.insert(META_APPLIED_TERM, meta.term)?;
         if installed.applied != meta.index {
             return Err(Error::Storage(format!(

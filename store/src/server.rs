@@ -205,7 +205,7 @@ impl EtcdServer {
     /// A read view of the last applied state.
     pub fn read_view(&self) -> Result<ReadView> {
         let rtx = self.backend.db().begin_read()?;
-        ReadView::open(&rtx)
+        ReadView::open(&rtx, self.backend.index())
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {

@@ -4,9 +4,9 @@
 //! compacted raft log ([`create_from`] on the leader, [`install`] on the member).
 //!
 //! Format: a snapshot is a redb file with concord's schema (see `backend`) holding the replicated
-//! state as of one read transaction: the key-value history (`kv_latest`, `kv_history`,
-//! `kv_changes`), leases, members, alarms, compaction hashes, the auth tables, and the `meta`
-//! counters (with the applied raft index). The raft log and raft state are left out. As etcd's
+//! state as of one read transaction: the key-value history (`kv_revs`; the key index is rebuilt
+//! from it wherever the file is installed or restored), leases, members, alarms, compaction
+//! hashes, the auth tables, and the `meta` counters (with the applied raft index). The raft log and raft state are left out. As etcd's
 //! stream, a backup is followed by the SHA-256 of the file: etcdctl 3.5's `snapshot save` only
 //! checks that the stream's length is 32 more than a multiple of 512 (redb files are whole pages,
 //! so the file part always is), and restore checks the digest.
@@ -32,12 +32,13 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    ALARMS, AUTH, AUTH_ROLES, AUTH_TOKENS, AUTH_USERS, Backend, COMPACTION_HASHES, KV_CHANGES,
-    KV_HISTORY, KV_LATEST, LEASE_KEYS, LEASES, MEMBERS, MEMBERS_REMOVED, META, META_APPLIED_INDEX,
-    META_COMPACT_REV, META_CURRENT_REV, META_FORMAT_VERSION,
+    ALARMS, AUTH, AUTH_ROLES, AUTH_TOKENS, AUTH_USERS, Backend, COMPACTION_HASHES, KV_REVS,
+    LEASE_KEYS, LEASES, MEMBERS, MEMBERS_REMOVED, META, META_APPLIED_INDEX, META_COMPACT_REV,
+    META_CURRENT_REV, META_FORMAT_VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::index::KeyIndex;
 
 /// Length of the digest that follows the database in a snapshot stream.
 pub const SHA256_LEN: usize = 32;
@@ -78,9 +79,7 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 /// that applied raft entries write, identical on every member at the same applied index.
 macro_rules! replicated_tables {
     ($f:ident($($arg:expr),*)) => {{
-        $f($($arg,)* KV_LATEST)?;
-        $f($($arg,)* KV_HISTORY)?;
-        $f($($arg,)* KV_CHANGES)?;
+        $f($($arg,)* KV_REVS)?;
         $f($($arg,)* LEASES)?;
         $f($($arg,)* LEASE_KEYS)?;
         $f($($arg,)* MEMBERS)?;
@@ -170,8 +169,9 @@ pub struct Installed {
 /// Replaces the replicated state in `wtx` with that of the snapshot file at `path` (written by
 /// [`create_from`] on another member of the cluster): every replicated table and the revision
 /// counters and applied index of `META`. This member's identity in `META` and the raft tables
-/// are left to the caller. Blocking.
-pub fn install(path: &Path, wtx: &WriteTransaction) -> Result<Installed> {
+/// are left to the caller. `index` (the backend's key index) is rebuilt from the new state.
+/// Blocking.
+pub fn install(path: &Path, wtx: &WriteTransaction, index: &KeyIndex) -> Result<Installed> {
     let snap = Database::open(path).map_err(|e| {
         Error::Storage(format!(
             "cannot open the received raft snapshot {}: {e}",
@@ -202,6 +202,7 @@ pub fn install(path: &Path, wtx: &WriteTransaction) -> Result<Installed> {
     m.insert(META_CURRENT_REV, installed.current_rev)?;
     m.insert(META_COMPACT_REV, installed.compact_rev)?;
     m.insert(META_APPLIED_INDEX, installed.applied)?;
+    index.load(&wtx.open_table(KV_REVS)?, installed.compact_rev)?;
     Ok(installed)
 }
 
@@ -354,9 +355,7 @@ fn restore_into(
             compact = current;
         }
         let wtx = backend.db().begin_write()?;
-        copy_table(&rtx, &wtx, KV_LATEST)?;
-        copy_table(&rtx, &wtx, KV_HISTORY)?;
-        copy_table(&rtx, &wtx, KV_CHANGES)?;
+        copy_table(&rtx, &wtx, KV_REVS)?;
         copy_table(&rtx, &wtx, LEASES)?;
         copy_table(&rtx, &wtx, LEASE_KEYS)?;
         {
@@ -366,6 +365,7 @@ fn restore_into(
         }
         wtx.commit()?;
     }
+    backend.load_index()?;
     drop(snap);
     drop(staged);
     let (member, cluster, _) = crate::embed::identity(&opts.config, &backend)?;
@@ -391,7 +391,7 @@ mod tests {
         let b = Backend::open(&dir.path().join("old")).unwrap();
         let wtx = b.db().begin_write().unwrap();
         {
-            let mut t = WriteTables::open(&wtx).unwrap();
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
             crate::lease::grant(&mut t, 7, 100).unwrap();
             let mut w = t.begin();
             w.put(b"a", b"1".to_vec(), 7).unwrap();
@@ -424,7 +424,7 @@ mod tests {
         let nb = Backend::open(&opts.config.data_dir).unwrap();
         {
             let rtx = nb.db().begin_read().unwrap();
-            let v = ReadView::open(&rtx).unwrap();
+            let v = ReadView::open(&rtx, nb.index()).unwrap();
             let r =
                 crate::mvcc::KvRead::range_at(&v, &KeyInterval::From(b""), 3, 0, false).unwrap();
             assert_eq!(r.kvs.len(), 2);

@@ -4,7 +4,7 @@
 //! the transaction that made them is committed. The hub keeps the most recent events in a
 //! bounded in-memory ring and announces the new revision on a `watch` channel. A watcher reads
 //! forward from its next revision: from the ring when it covers that revision, otherwise from
-//! the change log on disk (`KV_CHANGES` + `KV_HISTORY`). So events arrive in revision order,
+//! the versions on disk (`KV_REVS`, in revision order). So events arrive in revision order,
 //! each once, without gaps; a slow watcher falls back to disk instead of holding memory; and
 //! publishing never blocks on watchers.
 //!
@@ -15,14 +15,14 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prost::Message;
 use redb::ReadableDatabase;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, KV_CHANGES, KV_HISTORY, META, META_COMPACT_REV, META_CURRENT_REV};
+use crate::backend::{Backend, KV_REVS, META, META_COMPACT_REV, META_CURRENT_REV};
 use crate::error::{Error, Result};
-use crate::mvcc::{KeyInterval, Revs};
-use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::index::RevKey;
+use crate::mvcc::{KeyInterval, Revs, decode_stored};
+use crate::proto::mvccpb::{Event, event::EventType};
 
 /// Events kept in memory for watchers that are close to the head.
 const RING_EVENTS: usize = 32 * 1024;
@@ -183,40 +183,29 @@ impl WatchHub {
             return Err(Error::Compacted);
         }
         let to = current.min(from + BATCH_REVS - 1);
-        let changes = rtx.open_table(KV_CHANGES)?;
-        let history = rtx.open_table(KV_HISTORY)?;
+        let table = rtx.open_table(KV_REVS)?;
+        let index = self.backend.index();
         let mut out = Vec::new();
         let lo = Bound::Included((from as u64, 0u32));
         let hi = Bound::Included((to as u64, u32::MAX));
-        for item in changes.range::<(u64, u32)>((lo, hi))? {
-            let (k, key) = item?;
+        for item in table.range::<RevKey>((lo, hi))? {
+            let (k, v) = item?;
             let (rev, _) = k.value();
-            let key = key.value();
-            let Some(v) = history.get((key, rev))? else {
-                continue;
-            };
-            let mut kv = KeyValue::decode(v.value())?;
-            kv.key = key.to_vec();
+            let kv = decode_stored(rev, v.value())?;
             let kind = if kv.version > 0 {
                 EventType::Put
             } else {
                 EventType::Delete
             };
-            // The previous version: the newest history entry of this key before `rev`.
-            let mut prev = None;
-            if let Some(p) = history
-                .range::<(&[u8], u64)>((key, 0)..(key, rev))?
-                .next_back()
-            {
-                let (_, pv) = p?;
-                let pkv = KeyValue::decode(pv.value())?;
-                if pkv.version > 0 {
-                    prev = Some(KeyValue {
-                        key: key.to_vec(),
-                        ..pkv
-                    });
-                }
-            }
+            // The previous version: the newest one of this key before `rev`, unless deleted.
+            // The index holds it as long as it is not compacted, and then so does `rtx`.
+            let prev = match index.newest_at(&kv.key, rev - 1) {
+                Some(p) if !p.tombstone => match table.get(p.key())? {
+                    Some(pv) => Some(decode_stored(p.main, pv.value())?),
+                    None => None,
+                },
+                _ => None,
+            };
             let e = Event {
                 r#type: kind as i32,
                 kv: Some(kv),
@@ -238,7 +227,7 @@ mod tests {
     fn write(b: &Backend, hub: &WatchHub, f: impl FnOnce(&mut WriteTables<'_>)) {
         let wtx = b.db().begin_write().unwrap();
         let (events, revs) = {
-            let mut t = WriteTables::open(&wtx).unwrap();
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
             f(&mut t);
             (t.take_events(), t.revs())
         };
@@ -277,7 +266,7 @@ mod tests {
         {
             let wtx = b.db().begin_write().unwrap();
             {
-                let mut t = WriteTables::open(&wtx).unwrap();
+                let mut t = WriteTables::open(&wtx, b.index()).unwrap();
                 put(&mut t, "a", "1");
                 put(&mut t, "b", "1");
             }
