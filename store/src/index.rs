@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::ReadableTable;
-use smallvec::{SmallVec, smallvec};
 
 use crate::error::{Error, Result};
 use crate::mvcc::KeyInterval;
@@ -43,13 +42,61 @@ impl Rev {
     }
 }
 
-/// The versions of one key, oldest first. Most keys have one version between compactions.
-type Versions = SmallVec<[Rev; 1]>;
+/// The versions of one key, oldest first. Most keys have one version between compactions, which
+/// is stored inline: this is 16 bytes (the `Many` pointer fits beside `Rev::tombstone`'s unused
+/// values), so a million keys cost little more than their key bytes and the tree's nodes.
+#[derive(Debug)]
+enum Versions {
+    One(Rev),
+    Many(Box<Vec<Rev>>),
+}
 
-/// The newest version with a main revision `<= rev`, tombstones included.
-fn newest(versions: &Versions, rev: u64) -> Option<Rev> {
-    let n = versions.partition_point(|r| r.main <= rev);
-    n.checked_sub(1).map(|i| versions[i])
+impl Versions {
+    fn as_slice(&self) -> &[Rev] {
+        match self {
+            Versions::One(r) => std::slice::from_ref(r),
+            Versions::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, rev: Rev) {
+        match self {
+            Versions::One(r) => *self = Versions::Many(Box::new(vec![*r, rev])),
+            Versions::Many(v) => v.push(rev),
+        }
+    }
+
+    /// Removes the oldest `n` versions, handing their `KV_REVS` keys to `out`; false when none
+    /// is left.
+    fn forget_oldest(&mut self, n: usize, out: &mut Vec<RevKey>) -> bool {
+        if n == 0 {
+            return true;
+        }
+        match self {
+            Versions::One(r) => {
+                out.push(r.key());
+                false
+            }
+            Versions::Many(v) => {
+                out.extend(v.drain(..n).map(|r| r.key()));
+                match v.len() {
+                    0 => false,
+                    1 => {
+                        *self = Versions::One(v[0]);
+                        true
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+
+    /// The newest version with a main revision `<= rev`, tombstones included.
+    fn newest(&self, rev: u64) -> Option<Rev> {
+        let vs = self.as_slice();
+        let n = vs.partition_point(|r| r.main <= rev);
+        n.checked_sub(1).map(|i| vs[i])
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,7 +149,7 @@ impl KeyIndex {
             match keys.get_mut(key) {
                 Some(vs) => vs.push(rev),
                 None => {
-                    keys.insert(key.into(), smallvec![rev]);
+                    keys.insert(key.into(), Versions::One(rev));
                 }
             }
         }
@@ -115,11 +162,11 @@ impl KeyIndex {
         let mut inner = self.write();
         match inner.keys.get_mut(key) {
             Some(vs) => {
-                debug_assert!(vs.last().is_none_or(|l| l.key() < rev.key()));
+                debug_assert!(vs.as_slice().last().is_none_or(|l| l.key() < rev.key()));
                 vs.push(rev);
             }
             None => {
-                inner.keys.insert(key.into(), smallvec![rev]);
+                inner.keys.insert(key.into(), Versions::One(rev));
             }
         }
     }
@@ -130,13 +177,13 @@ impl KeyIndex {
         inner
             .keys
             .get(key)
-            .and_then(|vs| newest(vs, rev))
+            .and_then(|vs| vs.newest(rev))
             .filter(|r| !r.tombstone)
     }
 
     /// The newest version of `key` at or below `rev`, a tombstone included.
     pub fn newest_at(&self, key: &[u8], rev: u64) -> Option<Rev> {
-        self.read().keys.get(key).and_then(|vs| newest(vs, rev))
+        self.read().keys.get(key).and_then(|vs| vs.newest(rev))
     }
 
     /// The live versions at `rev` of the keys in `interval`, in key order: the first `want` of
@@ -152,7 +199,7 @@ impl KeyIndex {
             return Ok(out);
         }
         let mut take = |vs: &Versions| {
-            if let Some(r) = newest(vs, rev).filter(|r| !r.tombstone) {
+            if let Some(r) = vs.newest(rev).filter(|r| !r.tombstone) {
                 if out.revs.len() < want {
                     out.revs.push(r);
                 }
@@ -176,7 +223,7 @@ impl KeyIndex {
         self.read()
             .keys
             .values()
-            .any(|vs| newest(vs, rev).is_some_and(|r| !r.tombstone))
+            .any(|vs| vs.newest(rev).is_some_and(|r| !r.tombstone))
     }
 
     /// Revision of the last compaction the index applied (0 = never).
@@ -191,16 +238,13 @@ impl KeyIndex {
         let mut inner = self.write();
         let mut doomed = Vec::new();
         inner.keys.retain(|_, vs| {
-            let n = vs.partition_point(|r| r.main <= rev);
+            let slice = vs.as_slice();
+            let n = slice.partition_point(|r| r.main <= rev);
             if n == 0 {
                 return true;
             }
-            let gone = if vs[n - 1].tombstone { n } else { n - 1 };
-            doomed.extend(vs.drain(..gone).map(|r| r.key()));
-            if vs.spilled() && vs.len() <= vs.inline_size() {
-                vs.shrink_to_fit();
-            }
-            !vs.is_empty()
+            let gone = if slice[n - 1].tombstone { n } else { n - 1 };
+            vs.forget_oldest(gone, &mut doomed)
         });
         inner.compact = rev;
         doomed.sort_unstable();
@@ -264,6 +308,12 @@ mod tests {
             sub: 0,
             tombstone,
         }
+    }
+
+    #[test]
+    fn one_version_is_stored_inline_in_16_bytes() {
+        // The index's memory per key rests on this (see `Versions`).
+        assert_eq!(std::mem::size_of::<Versions>(), 16);
     }
 
     #[test]
