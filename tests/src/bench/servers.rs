@@ -55,9 +55,26 @@ pub fn pin(pid: i32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// With `--pin`, pins every thread of `server` to CPU 0. A process's affinity is per thread, so
+/// setting it on the pid alone would pin only the main thread and leave the runtime's threads
+/// (started before the server answered) free to run beside the load generator; threads started
+/// later inherit it from their pinned creators.
 fn pin_server(ctx: &Ctx<'_>, server: &Server) -> Result<()> {
-    if ctx.args.pin {
-        pin(server.pid().context("server pid")? as i32, 0)?;
+    if !ctx.args.pin {
+        return Ok(());
+    }
+    let pid = server.pid().context("server pid")?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of server pid {pid}"))?;
+    for task in tasks.flatten() {
+        if let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        {
+            // A thread may end between the listing and here.
+            let _ = pin(tid, 0);
+        }
     }
     Ok(())
 }
