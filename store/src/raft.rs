@@ -335,6 +335,7 @@ pub struct RaftStatus {
 pub struct RaftHandle {
     tx: Sender<Msg>,
     status: watch::Receiver<RaftStatus>,
+    applied: watch::Receiver<u64>,
 }
 
 impl RaftHandle {
@@ -348,7 +349,8 @@ impl RaftHandle {
         *self.status.borrow()
     }
 
-    /// A receiver of every status the loop publishes (leadership changes among them).
+    /// A receiver of the loop's status, woken when its term, leader or roles change (not when
+    /// only the indexes move: those change with every write, see [`RaftHandle::wait_applied`]).
     pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
     }
@@ -391,8 +393,8 @@ impl RaftHandle {
 
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
-        let mut rx = self.status.clone();
-        rx.wait_for(|s| s.applied >= index)
+        let mut rx = self.applied.clone();
+        rx.wait_for(|a| *a >= index)
             .await
             .map_err(|_| Error::Stopped)?;
         Ok(())
@@ -447,6 +449,7 @@ pub fn start(
         applied,
         ..Default::default()
     });
+    let (applied_tx, applied_rx) = watch::channel(applied);
     let mut driver = Driver {
         node,
         backend,
@@ -454,6 +457,7 @@ pub fn start(
         lessor,
         rx,
         status: status_tx,
+        applied_tx,
         cfg,
         transport,
         proposals: HashMap::new(),
@@ -479,6 +483,7 @@ pub fn start(
     Ok(RaftHandle {
         tx,
         status: status_rx,
+        applied: applied_rx,
     })
 }
 
@@ -625,6 +630,8 @@ struct Driver {
     lessor: Arc<Lessor>,
     rx: Receiver<Msg>,
     status: watch::Sender<RaftStatus>,
+    /// The applied index, for [`RaftHandle::wait_applied`].
+    applied_tx: watch::Sender<u64>,
     cfg: RaftConfig,
     /// Where messages for other members go.
     transport: Arc<Transport>,
@@ -1214,9 +1221,23 @@ impl Driver {
                 && r.prs().conf().voters().ids().len() == 1
                 && r.raft_log.term(r.raft_log.committed).ok() == Some(r.term),
         };
+        // The indexes change with every Ready: they are stored without waking the status's
+        // watchers (the lessor, the server's stop wait, leader waits), and the applied index
+        // wakes only those waiting for it.
         self.status.send_if_modified(|s| {
-            let changed = *s != status;
+            let indexes = |st: &RaftStatus| RaftStatus {
+                commit: 0,
+                applied: 0,
+                last_index: 0,
+                ..*st
+            };
+            let changed = indexes(s) != indexes(&status);
             *s = status;
+            changed
+        });
+        self.applied_tx.send_if_modified(|a| {
+            let changed = *a != status.applied;
+            *a = status.applied;
             changed
         });
     }
