@@ -313,9 +313,11 @@ fn compaction(tables: &mut WriteTables<'_>, c: &CompactionRequest) -> Result<Com
         let h = crate::hash::history_hash(&tables.revs_table, &tables.index, prev, c.revision)?;
         tables
             .compaction_hashes
+            .open_mut()?
             .insert(c.revision as u64, (h, prev))?;
-        while tables.compaction_hashes.len()? > crate::backend::COMPACTION_HASHES_KEPT as u64 {
-            tables.compaction_hashes.pop_first()?;
+        let hashes = tables.compaction_hashes.open_mut()?;
+        while hashes.len()? > crate::backend::COMPACTION_HASHES_KEPT as u64 {
+            hashes.pop_first()?;
         }
     }
     tables.compact(c.revision)?;

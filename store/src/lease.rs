@@ -58,7 +58,7 @@ pub enum LeaseChange {
 
 /// Whether lease `id` is granted, as of this transaction.
 pub fn exists(tables: &WriteTables<'_>, id: i64) -> Result<bool> {
-    Ok(tables.leases.get(id)?.is_some())
+    Ok(tables.leases.open()?.get(id)?.is_some())
 }
 
 /// Applies a grant of `id` for `ttl` seconds (already raised to the minimum).
@@ -78,7 +78,7 @@ pub fn grant(tables: &mut WriteTables<'_>, id: i64, ttl: i64) -> Result<()> {
         remaining_ttl: 0,
     }
     .encode_to_vec();
-    tables.leases.insert(id, rec.as_slice())?;
+    tables.leases.open_mut()?.insert(id, rec.as_slice())?;
     tables.lease_changes.push(LeaseChange::Granted { id, ttl });
     Ok(())
 }
@@ -94,7 +94,7 @@ pub fn revoke(tables: &mut WriteTables<'_>, id: i64) -> Result<i64> {
         w.delete_range(&KeyInterval::Point(k))?;
     }
     let rev = w.finish()?;
-    tables.leases.remove(id)?;
+    tables.leases.open_mut()?.remove(id)?;
     tables.lease_changes.push(LeaseChange::Revoked { id });
     Ok(rev)
 }
@@ -107,7 +107,7 @@ pub fn checkpoint(
     remaining_ttl: i64,
     persist: bool,
 ) -> Result<()> {
-    let rec = match tables.leases.get(id)? {
+    let rec = match tables.leases.open()?.get(id)? {
         Some(v) => LeaseRecord::decode(v.value())?,
         None => return Ok(()),
     };
@@ -117,7 +117,7 @@ pub fn checkpoint(
             ..rec
         }
         .encode_to_vec();
-        tables.leases.insert(id, rec.as_slice())?;
+        tables.leases.open_mut()?.insert(id, rec.as_slice())?;
     }
     tables
         .lease_changes
@@ -142,7 +142,7 @@ fn keys_of(table: &impl ReadableTable<(i64, &'static [u8]), ()>, id: i64) -> Res
 
 /// Keys attached to lease `id`, in key order, as of this transaction.
 pub fn attached_keys(tables: &WriteTables<'_>, id: i64) -> Result<Vec<Vec<u8>>> {
-    keys_of(&tables.lease_keys, id)
+    keys_of(tables.lease_keys.open()?, id)
 }
 
 /// Keys attached to lease `id` in the committed state.

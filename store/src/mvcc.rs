@@ -10,11 +10,12 @@
 //! This module works inside transactions that its caller opens (`apply` for writes, `server`
 //! for reads): it never opens, commits or aborts one itself, and it knows nothing of raft.
 
+use std::cell::OnceCell;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
 use crate::backend::{
     ALARMS, COMPACTION_HASHES, KV_REVS, LEASE_KEYS, LEASES, META, META_COMPACT_REV,
@@ -244,6 +245,42 @@ impl KvRead for TxnWrite<'_, '_> {
     }
 }
 
+/// A table of a write transaction that is opened on first use. Opening a table and writing its
+/// root back at commit cost the raft loop's transaction on every Ready, so tables most writes
+/// never touch (leases, lease attachments, compaction hashes, auth users, roles and tokens) are
+/// opened only when one does.
+pub struct LazyTable<'t, K: Key + 'static, V: Value + 'static> {
+    wtx: &'t WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    table: OnceCell<Table<'t, K, V>>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> LazyTable<'t, K, V> {
+    /// `def` in `wtx`, not opened yet.
+    pub fn new(wtx: &'t WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
+        LazyTable {
+            wtx,
+            def,
+            table: OnceCell::new(),
+        }
+    }
+
+    /// The table for reading, opened now if need be.
+    pub fn open(&self) -> Result<&Table<'t, K, V>> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = self.wtx.open_table(self.def)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+
+    /// The table for writing, opened now if need be.
+    pub fn open_mut(&mut self) -> Result<&mut Table<'t, K, V>> {
+        self.open()?;
+        Ok(self.table.get_mut().expect("opened just now"))
+    }
+}
+
 /// The MVCC tables opened for writing inside one redb write transaction.
 pub struct WriteTables<'t> {
     /// Every stored version (see `backend::KV_REVS`).
@@ -252,13 +289,13 @@ pub struct WriteTables<'t> {
     pub index: Arc<KeyIndex>,
     meta: Table<'t, &'static str, u64>,
     /// Granted leases (see `backend::LEASES`); the `lease` module reads and writes them.
-    pub leases: Table<'t, i64, &'static [u8]>,
+    pub leases: LazyTable<'t, i64, &'static [u8]>,
     /// Lease attachments (see `backend::LEASE_KEYS`), kept in step by `put` and `delete_range`.
-    pub lease_keys: Table<'t, (i64, &'static [u8]), ()>,
+    pub lease_keys: LazyTable<'t, (i64, &'static [u8]), ()>,
     /// Raised alarms (see `backend::ALARMS`): `apply` refuses writes while NOSPACE stands.
     pub alarms: Table<'t, (u64, i32), ()>,
     /// Hashes computed while compacting (see `backend::COMPACTION_HASHES`).
-    pub compaction_hashes: Table<'t, u64, (u32, i64)>,
+    pub compaction_hashes: LazyTable<'t, u64, (u32, i64)>,
     /// The auth store's tables (see `backend::AUTH*`); only `auth` reads and writes them.
     pub auth: crate::auth::AuthTables<'t>,
     /// Current main revision as of the last finished write request.
@@ -282,10 +319,10 @@ impl<'t> WriteTables<'t> {
             revs_table: wtx.open_table(KV_REVS)?,
             index: Arc::clone(index),
             meta,
-            leases: wtx.open_table(LEASES)?,
-            lease_keys: wtx.open_table(LEASE_KEYS)?,
+            leases: LazyTable::new(wtx, LEASES),
+            lease_keys: LazyTable::new(wtx, LEASE_KEYS),
             alarms: wtx.open_table(ALARMS)?,
-            compaction_hashes: wtx.open_table(COMPACTION_HASHES)?,
+            compaction_hashes: LazyTable::new(wtx, COMPACTION_HASHES),
             auth: crate::auth::AuthTables::open(wtx)?,
             current,
             compact,
@@ -368,7 +405,7 @@ impl TxnWrite<'_, '_> {
 
     /// Whether lease `id` is granted, as of this request.
     pub fn lease_exists(&self, id: i64) -> Result<bool> {
-        Ok(self.tables.leases.get(id)?.is_some())
+        Ok(self.tables.leases.open()?.get(id)?.is_some())
     }
 
     /// The live version of `key`, if any.
@@ -388,10 +425,16 @@ impl TxnWrite<'_, '_> {
         let key = kv.key.as_slice();
         let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != 0 && old_lease != kv.lease {
-            self.tables.lease_keys.remove((old_lease, key))?;
+            self.tables
+                .lease_keys
+                .open_mut()?
+                .remove((old_lease, key))?;
         }
         if kv.lease != 0 && kv.lease != old_lease {
-            self.tables.lease_keys.insert((kv.lease, key), ())?;
+            self.tables
+                .lease_keys
+                .open_mut()?
+                .insert((kv.lease, key), ())?;
         }
         let tombstone = kv.version == 0;
         self.tables

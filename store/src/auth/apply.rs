@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::backend::{AUTH, AUTH_ROLES, AUTH_TOKENS, AUTH_USERS};
 use crate::error::{Error, Result};
-use crate::mvcc::WriteTables;
+use crate::mvcc::{LazyTable, WriteTables};
 use crate::proto::authpb::{Role, User, UserAddOptions};
 use crate::proto::concordpb::{
     AuthenticateEntry, Credentials, SimpleTokenRecord, internal_request::Request,
@@ -37,18 +37,19 @@ const TOKEN_ROWS_DROPPED_PER_ENTRY: usize = 64;
 /// The auth store's tables inside one write transaction.
 pub struct AuthTables<'t> {
     pub meta: Table<'t, &'static str, u64>,
-    pub users: Table<'t, &'static str, &'static [u8]>,
-    pub roles: Table<'t, &'static str, &'static [u8]>,
-    pub tokens: Table<'t, u64, &'static [u8]>,
+    pub users: LazyTable<'t, &'static str, &'static [u8]>,
+    pub roles: LazyTable<'t, &'static str, &'static [u8]>,
+    pub tokens: LazyTable<'t, u64, &'static [u8]>,
 }
 
 impl<'t> AuthTables<'t> {
+    /// Opens `AUTH` (every request checks whether auth is on); the others wait for first use.
     pub fn open(wtx: &'t WriteTransaction) -> Result<Self> {
         Ok(AuthTables {
             meta: wtx.open_table(AUTH)?,
-            users: wtx.open_table(AUTH_USERS)?,
-            roles: wtx.open_table(AUTH_ROLES)?,
-            tokens: wtx.open_table(AUTH_TOKENS)?,
+            users: LazyTable::new(wtx, AUTH_USERS),
+            roles: LazyTable::new(wtx, AUTH_ROLES),
+            tokens: LazyTable::new(wtx, AUTH_TOKENS),
         })
     }
 }
@@ -148,11 +149,12 @@ impl Checker<'_, '_> {
     fn load(&mut self) -> Result<&Option<(bool, UserPerms)>> {
         if self.perms.is_none() {
             let auth = &self.tables.auth;
-            let loaded = match get_user(&auth.users, &self.who.username)? {
+            let loaded = match get_user(auth.users.open()?, &self.who.username)? {
                 None => None,
                 Some(u) => {
                     let root = has_root_role(&u);
-                    let perms = UserPerms::of(&u, |r| get_role(&auth.roles, r).ok().flatten());
+                    let roles = auth.roles.open()?;
+                    let perms = UserPerms::of(&u, |r| get_role(roles, r).ok().flatten());
                     Some((root, perms))
                 }
             };
@@ -250,6 +252,7 @@ fn commit_revision(auth: &mut AuthTables<'_>) -> Result<u64> {
 fn put_user(auth: &mut AuthTables<'_>, u: &User) -> Result<()> {
     let name = String::from_utf8_lossy(&u.name).into_owned();
     auth.users
+        .open_mut()?
         .insert(name.as_str(), u.encode_to_vec().as_slice())?;
     Ok(())
 }
@@ -257,6 +260,7 @@ fn put_user(auth: &mut AuthTables<'_>, u: &User) -> Result<()> {
 fn put_role(auth: &mut AuthTables<'_>, r: &Role) -> Result<()> {
     let name = String::from_utf8_lossy(&r.name).into_owned();
     auth.roles
+        .open_mut()?
         .insert(name.as_str(), r.encode_to_vec().as_slice())?;
     Ok(())
 }
@@ -264,6 +268,7 @@ fn put_role(auth: &mut AuthTables<'_>, r: &Role) -> Result<()> {
 /// etcd's `invalidateUser`: drops the simple tokens of `name`.
 fn drop_tokens_of(auth: &mut AuthTables<'_>, name: &str) -> Result<()> {
     auth.tokens
+        .open_mut()?
         .retain(|_, v| SimpleTokenRecord::decode(v).map_or(true, |r| r.username != name))?;
     Ok(())
 }
@@ -272,7 +277,7 @@ fn authenticate(auth: &mut AuthTables<'_>, a: &AuthenticateEntry) -> Result<Auth
     if !enabled(&auth.meta)? {
         return Err(Error::AuthNotEnabled);
     }
-    let user = get_user(&auth.users, &a.name)?.ok_or(Error::AuthFailed)?;
+    let user = get_user(auth.users.open()?, &a.name)?.ok_or(Error::AuthFailed)?;
     if user.options.as_ref().is_some_and(|o| o.no_password) {
         return Err(Error::AuthFailed);
     }
@@ -286,13 +291,15 @@ fn authenticate(auth: &mut AuthTables<'_>, a: &AuthenticateEntry) -> Result<Auth
             username: a.name.clone(),
             issued_unix_ms: a.issued_unix_ms,
         };
-        auth.tokens.insert(index, rec.encode_to_vec().as_slice())?;
+        auth.tokens
+            .open_mut()?
+            .insert(index, rec.encode_to_vec().as_slice())?;
         token = format!("{}.{index}", a.simple_token_prefix);
         let horizon = a
             .issued_unix_ms
             .saturating_sub(TOKEN_ROWS_KEPT_MS.max(a.ttl_ms));
         for _ in 0..TOKEN_ROWS_DROPPED_PER_ENTRY {
-            let old = match auth.tokens.first()? {
+            let old = match auth.tokens.open()?.first()? {
                 Some((k, v)) => {
                     let rec = SimpleTokenRecord::decode(v.value())?;
                     (rec.issued_unix_ms < horizon).then(|| k.value())
@@ -301,7 +308,7 @@ fn authenticate(auth: &mut AuthTables<'_>, a: &AuthenticateEntry) -> Result<Auth
             };
             match old {
                 Some(k) => {
-                    auth.tokens.remove(k)?;
+                    auth.tokens.open_mut()?.remove(k)?;
                 }
                 None => break,
             }
@@ -321,7 +328,8 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
     match req {
         Request::AuthEnable(_) => {
             if !on {
-                let root = get_user(&auth.users, ROOT_USER)?.ok_or(Error::RootUserNotExist)?;
+                let root =
+                    get_user(auth.users.open()?, ROOT_USER)?.ok_or(Error::RootUserNotExist)?;
                 if !has_root_role(&root) {
                     return Err(Error::RootRoleNotExist);
                 }
@@ -333,7 +341,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if on {
                 auth.meta.insert(ENABLED, 0)?;
                 commit_revision(auth)?;
-                auth.tokens.retain(|_, _| false)?;
+                auth.tokens.open_mut()?.retain(|_, _| false)?;
                 tracing::info!("disabled authentication");
             }
         }
@@ -342,7 +350,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if r.name.is_empty() {
                 return Err(Error::UserEmpty);
             }
-            if get_user(&auth.users, &r.name)?.is_some() {
+            if get_user(auth.users.open()?, &r.name)?.is_some() {
                 return Err(Error::UserAlreadyExist);
             }
             let options = r.options.unwrap_or(UserAddOptions { no_password: false });
@@ -367,16 +375,16 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if on && r.name == ROOT_USER {
                 return Err(Error::InvalidAuthMgmt);
             }
-            if get_user(&auth.users, &r.name)?.is_none() {
+            if get_user(auth.users.open()?, &r.name)?.is_none() {
                 return Err(Error::UserNotFound);
             }
-            auth.users.remove(r.name.as_str())?;
+            auth.users.open_mut()?.remove(r.name.as_str())?;
             commit_revision(auth)?;
             drop_tokens_of(auth, &r.name)?;
             tracing::info!(user_name = %r.name, "deleted a user");
         }
         Request::AuthUserChangePassword(r) => {
-            let mut user = get_user(&auth.users, &r.name)?.ok_or(Error::UserNotFound)?;
+            let mut user = get_user(auth.users.open()?, &r.name)?.ok_or(Error::UserNotFound)?;
             let no_password = user.options.as_ref().is_some_and(|o| o.no_password);
             user.password = if no_password {
                 vec![]
@@ -389,8 +397,8 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             tracing::info!(user_name = %r.name, "changed a password of a user");
         }
         Request::AuthUserGrantRole(r) => {
-            let mut user = get_user(&auth.users, &r.user)?.ok_or(Error::UserNotFound)?;
-            if r.role != ROOT_ROLE && get_role(&auth.roles, &r.role)?.is_none() {
+            let mut user = get_user(auth.users.open()?, &r.user)?.ok_or(Error::UserNotFound)?;
+            if r.role != ROOT_ROLE && get_role(auth.roles.open()?, &r.role)?.is_none() {
                 return Err(Error::RoleNotFound);
             }
             if let Err(at) = user.roles.binary_search(&r.role) {
@@ -404,7 +412,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if on && r.name == ROOT_USER && r.role == ROOT_ROLE {
                 return Err(Error::InvalidAuthMgmt);
             }
-            let mut user = get_user(&auth.users, &r.name)?.ok_or(Error::UserNotFound)?;
+            let mut user = get_user(auth.users.open()?, &r.name)?.ok_or(Error::UserNotFound)?;
             let before = user.roles.len();
             user.roles.retain(|x| *x != r.role);
             if user.roles.len() == before {
@@ -418,7 +426,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if r.name.is_empty() {
                 return Err(Error::RoleEmpty);
             }
-            if get_role(&auth.roles, &r.name)?.is_some() {
+            if get_role(auth.roles.open()?, &r.name)?.is_some() {
                 return Err(Error::RoleAlreadyExist);
             }
             put_role(
@@ -435,12 +443,12 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if on && r.role == ROOT_ROLE {
                 return Err(Error::InvalidAuthMgmt);
             }
-            if get_role(&auth.roles, &r.role)?.is_none() {
+            if get_role(auth.roles.open()?, &r.role)?.is_none() {
                 return Err(Error::RoleNotFound);
             }
-            auth.roles.remove(r.role.as_str())?;
+            auth.roles.open_mut()?.remove(r.role.as_str())?;
             let mut changed = Vec::new();
-            for item in auth.users.iter()? {
+            for item in auth.users.open()?.iter()? {
                 let (_, v) = item?;
                 let mut u = User::decode(v.value())?;
                 let before = u.roles.len();
@@ -460,7 +468,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             if !valid_permission_range(perm) {
                 return Err(Error::InvalidAuthMgmt);
             }
-            let mut role = get_role(&auth.roles, &r.name)?.ok_or(Error::RoleNotFound)?;
+            let mut role = get_role(auth.roles.open()?, &r.name)?.ok_or(Error::RoleNotFound)?;
             let at = role
                 .key_permission
                 .partition_point(|p| p.key.as_slice() < perm.key.as_slice());
@@ -478,7 +486,7 @@ pub fn apply(tables: &mut WriteTables<'_>, req: &Request) -> Result<AuthApplied>
             tracing::info!(role_name = %r.name, "granted/updated a permission to a role");
         }
         Request::AuthRoleRevokePermission(r) => {
-            let mut role = get_role(&auth.roles, &r.role)?.ok_or(Error::RoleNotFound)?;
+            let mut role = get_role(auth.roles.open()?, &r.role)?.ok_or(Error::RoleNotFound)?;
             let before = role.key_permission.len();
             role.key_permission
                 .retain(|p| !(p.key == r.key && p.range_end == r.range_end));
