@@ -6,8 +6,9 @@
 //! Format: a snapshot is a redb file with concord's schema (see `backend`) holding the replicated
 //! state as of one read transaction: the key-value history (`kv_revs`; the key index is rebuilt
 //! from it wherever the file is installed or restored), leases, members, alarms, compaction
-//! hashes, the auth tables, and the `meta` counters (with the applied raft index). The raft log and raft state are left out. As etcd's
-//! stream, a backup is followed by the SHA-256 of the file: etcdctl 3.5's `snapshot save` only
+//! hashes, the auth tables, and the `meta` counters (with the applied raft index). The raft log
+//! and raft state are left out. As etcd's stream, a backup is followed by the SHA-256 of the
+//! file: etcdctl 3.5's `snapshot save` only
 //! checks that the stream's length is 32 more than a multiple of 512 (redb files are whole pages,
 //! so the file part always is), and restore checks the digest.
 //!
