@@ -68,6 +68,13 @@ pub fn apply_entry(tables: &mut WriteTables<'_>, data: &[u8]) -> (u64, Result<Ap
     {
         return (req.id, Err(e));
     }
+    // Anything but a key-value write may change tables that are read in committed state only.
+    if !matches!(
+        req.request,
+        Some(Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_))
+    ) {
+        tables.needs_commit = true;
+    }
     let out = match req.request {
         Some(Request::Put(p)) => put(tables, &p).map(Applied::Put),
         Some(Request::DeleteRange(d)) => {
@@ -509,7 +516,6 @@ mod tests {
     use crate::backend::Backend;
     use crate::mvcc::ReadView;
     use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-    use redb::ReadableDatabase;
 
     fn apply(b: &Backend, req: Request) -> Result<Applied> {
         let data = InternalRequest {
@@ -537,8 +543,7 @@ mod tests {
     }
 
     fn get(b: &Backend, r: RangeRequest) -> Result<RangeResponse> {
-        let rtx = b.db().begin_read().unwrap();
-        range(&ReadView::open(&rtx, b.index()).unwrap(), &r)
+        range(&ReadView::open(b).unwrap(), &r)
     }
 
     fn op_put(k: &str, v: &str) -> RequestOp {

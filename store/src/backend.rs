@@ -27,6 +27,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 use crate::index::KeyIndex;
+use crate::mvcc::Revs;
+use crate::overlay::Overlay;
 
 /// Version of the on-disk layout. Bumped on any incompatible schema change (2: the raft log
 /// moved to the write-ahead log; 3: key-value versions keyed by revision only, with an
@@ -131,6 +133,7 @@ pub struct Backend {
     db: RwLock<Database>,
     path: PathBuf,
     index: Arc<KeyIndex>,
+    overlay: Overlay,
 }
 
 impl Backend {
@@ -160,6 +163,7 @@ impl Backend {
             db: RwLock::new(db),
             path,
             index: Arc::default(),
+            overlay: Overlay::default(),
         };
         backend.init_schema()?;
         backend.load_index()?;
@@ -167,15 +171,19 @@ impl Backend {
     }
 
     /// Rebuilds the key index from the committed `KV_REVS` (on open, and after a restore wrote
-    /// the tables). Logs how long it took, since it reads every stored version.
+    /// the tables), and starts the overlay over the committed revisions. Logs how long it took,
+    /// since it reads every stored version.
     pub fn load_index(&self) -> Result<()> {
         let started = Instant::now();
         let rtx = self.db().begin_read()?;
-        let compact = rtx
-            .open_table(META)?
-            .get(META_COMPACT_REV)?
-            .map_or(0, |v| v.value());
+        let meta = rtx.open_table(META)?;
+        let compact = meta.get(META_COMPACT_REV)?.map_or(0, |v| v.value());
+        let current = meta.get(META_CURRENT_REV)?.map_or(1, |v| v.value());
         self.index.load(&rtx.open_table(KV_REVS)?, compact)?;
+        self.overlay.committed(Revs {
+            current: current as i64,
+            compact: compact as i64,
+        });
         tracing::info!(
             keys = self.index.len(),
             took_ms = started.elapsed().as_millis() as u64,
@@ -187,6 +195,11 @@ impl Backend {
     /// The in-memory key index of this database's `KV_REVS` (see `index`).
     pub fn index(&self) -> &Arc<KeyIndex> {
         &self.index
+    }
+
+    /// The versions the raft loop applied but has not committed yet (see `overlay`).
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
     }
 
     fn init_schema(&self) -> Result<()> {

@@ -21,6 +21,7 @@ pub mod index;
 pub mod lease;
 pub mod membership;
 pub mod mvcc;
+pub mod overlay;
 pub mod proto;
 pub mod raft;
 pub mod server;

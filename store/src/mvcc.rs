@@ -15,14 +15,15 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use redb::{Key, ReadableDatabase, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 
 use crate::backend::{
-    ALARMS, COMPACTION_HASHES, KV_REVS, LEASE_KEYS, LEASES, META, META_COMPACT_REV,
+    ALARMS, Backend, COMPACTION_HASHES, KV_REVS, LEASE_KEYS, LEASES, META, META_COMPACT_REV,
     META_CURRENT_REV,
 };
 use crate::error::{Error, Result};
 use crate::index::{KeyIndex, Rev, RevKey};
+use crate::overlay::{Chunk, OverlayView};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
 /// The key interval a request names, decoded from etcd's `(key, range_end)` convention.
@@ -80,7 +81,7 @@ pub struct RangeResult {
 }
 
 /// The revision bounds a read is checked against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Revs {
     /// Current main revision of the view.
     pub current: i64,
@@ -128,11 +129,15 @@ pub fn decode_stored(main: u64, bytes: &[u8]) -> Result<KeyValue> {
     Ok(kv)
 }
 
-/// Loads the version stored at `rev` from a `KV_REVS` table.
-pub fn load<T>(table: &T, rev: Rev) -> Result<KeyValue>
+/// Loads the version stored at `rev` from the uncommitted `overlay` (readers) or else from a
+/// `KV_REVS` table.
+pub fn load<T>(table: &T, overlay: Option<&OverlayView>, rev: Rev) -> Result<KeyValue>
 where
     T: ReadableTable<RevKey, &'static [u8]>,
 {
+    if let Some(bytes) = overlay.and_then(|o| o.get(rev.key())) {
+        return decode_stored(rev.main, bytes);
+    }
     let v = table.get(rev.key())?.ok_or_else(|| {
         Error::Storage(format!(
             "revision {}_{} is in the key index but not in the database; restart the member to \
@@ -144,9 +149,11 @@ where
 }
 
 /// Reads keys of `interval` as of revision `rev` (already resolved by [`resolve_rev`]).
-/// `limit == 0` returns all; `count_only` returns none but still counts.
+/// `limit == 0` returns all; `count_only` returns none but still counts. Versions are loaded as
+/// [`load`] does.
 pub fn range<T>(
     table: &T,
+    overlay: Option<&OverlayView>,
     index: &KeyIndex,
     interval: &KeyInterval<'_>,
     rev: i64,
@@ -165,7 +172,7 @@ where
     let kvs = found
         .revs
         .iter()
-        .map(|r| load(table, *r))
+        .map(|r| load(table, overlay, *r))
         .collect::<Result<Vec<_>>>()?;
     Ok(RangeResult {
         kvs,
@@ -187,23 +194,35 @@ pub trait KvRead {
     ) -> Result<RangeResult>;
 }
 
-/// A consistent read-only view of the key space (one redb read transaction).
+/// A consistent read-only view of the key space: the versions the raft loop applied but has not
+/// committed (`overlay`) over one redb read transaction.
 pub struct ReadView {
     revs_table: redb::ReadOnlyTable<RevKey, &'static [u8]>,
+    overlay: Arc<OverlayView>,
     index: Arc<KeyIndex>,
     revs: Revs,
 }
 
 impl ReadView {
-    /// Opens the key space as of the last committed write.
-    pub fn open(rtx: &redb::ReadTransaction, index: &Arc<KeyIndex>) -> Result<Self> {
+    /// Opens the key space as of the last applied write.
+    pub fn open(backend: &Backend) -> Result<Self> {
+        // The overlay first: what it lacks was committed before it was replaced, so the read
+        // transaction begun after it sees that.
+        let overlay = backend.overlay().view();
+        let rtx = backend.db().begin_read()?;
         let meta = rtx.open_table(META)?;
         let current = meta.get(META_CURRENT_REV)?.map(|v| v.value()).unwrap_or(1) as i64;
         let compact = meta.get(META_COMPACT_REV)?.map(|v| v.value()).unwrap_or(0) as i64;
+        // A commit may land between the two; then the transaction is the newer.
+        let revs = Revs {
+            current: current.max(overlay.revs.current),
+            compact: compact.max(overlay.revs.compact),
+        };
         Ok(ReadView {
             revs_table: rtx.open_table(KV_REVS)?,
-            index: Arc::clone(index),
-            revs: Revs { current, compact },
+            overlay,
+            index: Arc::clone(backend.index()),
+            revs,
         })
     }
 }
@@ -221,6 +240,7 @@ impl KvRead for ReadView {
     ) -> Result<RangeResult> {
         range(
             &self.revs_table,
+            Some(&self.overlay),
             &self.index,
             interval,
             rev,
@@ -253,6 +273,7 @@ pub struct LazyTable<'t, K: Key + 'static, V: Value + 'static> {
     wtx: &'t WriteTransaction,
     def: TableDefinition<'static, K, V>,
     table: OnceCell<Table<'t, K, V>>,
+    written: bool,
 }
 
 impl<'t, K: Key + 'static, V: Value + 'static> LazyTable<'t, K, V> {
@@ -262,6 +283,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> LazyTable<'t, K, V> {
             wtx,
             def,
             table: OnceCell::new(),
+            written: false,
         }
     }
 
@@ -277,7 +299,13 @@ impl<'t, K: Key + 'static, V: Value + 'static> LazyTable<'t, K, V> {
     /// The table for writing, opened now if need be.
     pub fn open_mut(&mut self) -> Result<&mut Table<'t, K, V>> {
         self.open()?;
+        self.written = true;
         Ok(self.table.get_mut().expect("opened just now"))
+    }
+
+    /// Whether the table was opened for writing.
+    pub fn written(&self) -> bool {
+        self.written
     }
 }
 
@@ -307,6 +335,11 @@ pub struct WriteTables<'t> {
     events: Vec<Event>,
     /// Lease grants and revokes made through these tables, for the lessor after commit.
     pub lease_changes: Vec<crate::lease::LeaseChange>,
+    /// The versions written through these tables, as stored, for the overlay.
+    rows: Chunk,
+    /// A request changed a table other than `KV_REVS` and `META`; those are read in committed
+    /// state only, so the transaction must be committed before anyone learns of it.
+    pub needs_commit: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -328,6 +361,8 @@ impl<'t> WriteTables<'t> {
             compact,
             events: Vec::new(),
             lease_changes: Vec::new(),
+            rows: Vec::new(),
+            needs_commit: false,
         })
     }
 
@@ -342,6 +377,21 @@ impl<'t> WriteTables<'t> {
     /// Takes the events recorded so far.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Takes the versions written so far, as stored.
+    pub fn take_rows(&mut self) -> Chunk {
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Whether a table read only in committed state (leases, lease attachments, compaction
+    /// hashes, auth) was written, or a request flagged [`WriteTables::needs_commit`].
+    pub fn must_commit(&self) -> bool {
+        self.needs_commit
+            || self.leases.written()
+            || self.lease_keys.written()
+            || self.compaction_hashes.written()
+            || self.auth.written()
     }
 
     /// Starts one write request (one main revision at most).
@@ -400,7 +450,15 @@ impl TxnWrite<'_, '_> {
         count_only: bool,
     ) -> Result<RangeResult> {
         let t = &*self.tables;
-        range(&t.revs_table, &t.index, interval, rev, limit, count_only)
+        range(
+            &t.revs_table,
+            None,
+            &t.index,
+            interval,
+            rev,
+            limit,
+            count_only,
+        )
     }
 
     /// Whether lease `id` is granted, as of this request.
@@ -413,7 +471,7 @@ impl TxnWrite<'_, '_> {
         let t = &*self.tables;
         t.index
             .get(key, u64::MAX)
-            .map(|r| load(&t.revs_table, r))
+            .map(|r| load(&t.revs_table, None, r))
             .transpose()
     }
 
@@ -437,9 +495,11 @@ impl TxnWrite<'_, '_> {
                 .insert((kv.lease, key), ())?;
         }
         let tombstone = kv.version == 0;
+        let bytes = stored_bytes(&kv);
         self.tables
             .revs_table
-            .insert((new_rev, self.sub), stored_bytes(&kv).as_slice())?;
+            .insert((new_rev, self.sub), bytes.as_slice())?;
+        self.tables.rows.push(((new_rev, self.sub), bytes));
         self.tables.index.push(
             key,
             Rev {
@@ -563,7 +623,7 @@ mod tests {
     }
 
     fn keys_at(t: &WriteTables<'_>, i: KeyInterval<'_>, rev: i64) -> Vec<(String, String, i64)> {
-        let r = range(&t.revs_table, &t.index, &i, rev, 0, false).unwrap();
+        let r = range(&t.revs_table, None, &t.index, &i, rev, 0, false).unwrap();
         r.kvs
             .into_iter()
             .map(|kv| {
@@ -640,13 +700,14 @@ mod tests {
                 put(t, k, "v");
             }
             let i = KeyInterval::Span(b"k", b"l");
-            let r = range(&t.revs_table, &t.index, &i, 4, 2, false).unwrap();
+            let r = range(&t.revs_table, None, &t.index, &i, 4, 2, false).unwrap();
             assert_eq!((r.kvs.len(), r.count), (2, 3));
-            let r = range(&t.revs_table, &t.index, &i, 3, 0, true).unwrap();
+            let r = range(&t.revs_table, None, &t.index, &i, 3, 0, true).unwrap();
             assert_eq!((r.kvs.len(), r.count), (0, 2));
             assert_eq!(
                 range(
                     &t.revs_table,
+                    None,
                     &t.index,
                     &KeyInterval::Span(b"z", b"a"),
                     4,

@@ -74,6 +74,9 @@ pub const DEFAULT_CATCH_UP_ENTRIES: u64 = 5000;
 const STATE_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// ... or after this many applied entries (etcd's default `--backend-batch-limit`).
 const STATE_SYNC_ENTRIES: u64 = 10_000;
+/// The state transaction commits (not durably) once this many Readies' versions wait for it
+/// in the overlay, which readers search chunk by chunk.
+const MAX_OVERLAY_CHUNKS: usize = 256;
 /// A ReadIndex request not answered after this long is sent again (etcd: 500 ms).
 pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
@@ -137,6 +140,9 @@ pub enum Msg {
     Progress {
         reply: oneshot::Sender<Option<HashMap<u64, u64>>>,
     },
+    /// Commit the applied state now (not durably), so that readers of the committed tables
+    /// alone (snapshots, hashes, defragmentation) see every applied entry.
+    Commit { reply: oneshot::Sender<Result<()>> },
 }
 
 /// What a proposal puts in the log.
@@ -370,6 +376,14 @@ impl RaftHandle {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
+    /// Commits what the loop applied, so the committed tables alone hold it (see
+    /// [`Msg::Commit`]).
+    pub async fn commit(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Msg::Commit { reply: tx })?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
     /// A sender into the loop, for the peer transport's incoming messages.
     pub fn sender(&self) -> Sender<Msg> {
         self.tx.clone()
@@ -450,6 +464,7 @@ pub fn start(
         ..Default::default()
     });
     let (applied_tx, applied_rx) = watch::channel(applied);
+    let backend_revs = backend.overlay().view().revs;
     let mut driver = Driver {
         node,
         backend,
@@ -468,6 +483,8 @@ pub fn start(
         applied,
         last_sweep: Instant::now(),
         removed: false,
+        batch: None,
+        revs: backend_revs,
         durable_applied: applied,
         last_state_sync: Instant::now(),
         wal,
@@ -649,6 +666,12 @@ struct Driver {
     last_sweep: Instant,
     /// This member's removal was applied: the loop stops after the current Ready.
     removed: bool,
+    /// The state transaction entries are applied into, kept open across Readies while they
+    /// change the key space only (readers see those through the backend's overlay), and
+    /// committed every [`STATE_SYNC_INTERVAL`] or when an entry changed anything else.
+    batch: Option<WriteTransaction>,
+    /// Store revisions as of the last applied entry (published with the overlay).
+    revs: Revs,
     /// The applied index as of the last durable state commit.
     durable_applied: u64,
     /// When the state was last committed durably.
@@ -674,7 +697,13 @@ impl Driver {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Stopping: what was applied becomes durable now rather than on replay.
+                    if let Some(wtx) = self.batch.take() {
+                        self.commit_state(wtx, true)?;
+                    }
+                    return Ok(());
+                }
             }
             if Instant::now() >= next_tick {
                 self.node.tick();
@@ -762,6 +791,13 @@ impl Driver {
                 } else {
                     self.held.push_back((Instant::now(), Held::Read(reply)));
                 }
+            }
+            Msg::Commit { reply } => {
+                let out = match self.batch.take() {
+                    Some(wtx) => self.commit_state(wtx, false),
+                    None => Ok(()),
+                };
+                let _ = reply.send(out);
             }
             Msg::Step(m) => {
                 let (from, kind) = (m.from, m.get_msg_type());
@@ -905,15 +941,21 @@ impl Driver {
         // carries only read states or messages costs no redb transaction.
         let mut replies = Vec::new();
         let must_sync = ready.must_sync();
-        let mut state_tx = None;
+        // The batch of earlier Readies, if still open (see `Driver::batch`).
+        let mut state_tx = self.batch.take();
         let installed = match &snapshot {
             Some(snap) => {
                 let wtx = self.state_tx(&mut state_tx)?;
-                Some(self.install_snapshot(wtx, snap)?)
+                let installed = self.install_snapshot(wtx, snap)?;
+                self.revs = Revs {
+                    current: installed.current_rev as i64,
+                    compact: installed.compact_rev as i64,
+                };
+                Some(installed)
             }
             None => None,
         };
-        let applied =
+        let mut applied =
             self.apply_committed(&mut state_tx, ready.take_committed_entries(), &mut replies)?;
         let entries = ready.take_entries();
         if !entries.is_empty() {
@@ -931,7 +973,7 @@ impl Driver {
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().wl().mut_hard_state().commit = commit;
         }
-        let applied_more =
+        let mut applied_more =
             self.apply_committed(&mut state_tx, light.take_committed_entries(), &mut replies)?;
         let hs = (hs_changed || light.commit_index().is_some())
             .then(|| self.node.store().rl().hard_state().clone());
@@ -944,8 +986,25 @@ impl Driver {
         } else {
             self.wal.append(&entries, hs.as_ref(), must_sync)?;
             if let Some(wtx) = state_tx {
+                let mut rows = Vec::new();
+                let mut must_commit = false;
+                for b in [&mut applied, &mut applied_more].into_iter().flatten() {
+                    rows.append(&mut b.rows);
+                    must_commit |= b.must_commit;
+                }
                 let durable = self.state_sync_due();
-                self.commit_state(wtx, durable)?;
+                if must_commit
+                    || durable
+                    || self.backend.overlay().view().chunks() >= MAX_OVERLAY_CHUNKS
+                {
+                    self.commit_state(wtx, durable)?;
+                } else {
+                    // Readers see the versions through the overlay until the batch commits.
+                    self.batch = Some(wtx);
+                    if applied.is_some() || applied_more.is_some() {
+                        self.backend.overlay().applied(self.revs, rows);
+                    }
+                }
             }
         }
         if let Some(installed) = installed {
@@ -992,6 +1051,8 @@ impl Driver {
             return Ok(None);
         };
         let wtx = self.state_tx(slot)?;
+        // Membership and configuration changes are read in committed state only.
+        let mut must_commit = false;
         let out = {
             let mut tables = WriteTables::open(wtx, self.backend.index())?;
             for e in &entries {
@@ -1000,6 +1061,7 @@ impl Driver {
                     EntryType::EntryNormal => {
                         let (id, out) = match membership::peek(&e.data) {
                             Some((id, req)) => {
+                                must_commit = true;
                                 let out = membership::apply(wtx, req);
                                 if let Err(Error::Storage(msg)) = &out {
                                     return Err(Error::Storage(msg.clone()));
@@ -1020,6 +1082,7 @@ impl Driver {
                         }
                     }
                     EntryType::EntryConfChange => {
+                        must_commit = true;
                         let cc: ConfChange = decode(&e.data)?;
                         self.apply_conf_change(wtx, &cc)?;
                         let change = membership::apply_conf_change(
@@ -1040,6 +1103,7 @@ impl Driver {
                         }
                     }
                     EntryType::EntryConfChangeV2 => {
+                        must_commit = true;
                         let cc: ConfChangeV2 = decode(&e.data)?;
                         self.apply_conf_change(wtx, &cc)?;
                     }
@@ -1049,8 +1113,11 @@ impl Driver {
                 events: tables.take_events(),
                 revs: tables.revs(),
                 leases: std::mem::take(&mut tables.lease_changes),
+                rows: tables.take_rows(),
+                must_commit: must_commit || tables.must_commit(),
             }
         };
+        self.revs = out.revs;
         let mut meta = wtx.open_table(META)?;
         meta.insert(META_APPLIED_INDEX, last)?;
         meta.insert(META_APPLIED_TERM, last_term)?;
@@ -1163,6 +1230,8 @@ impl Driver {
                 .map_err(|e| Error::Storage(e.to_string()))?;
         }
         wtx.commit()?;
+        // Readers find every applied version in the committed tables now.
+        self.backend.overlay().committed(self.revs);
         if durable {
             self.durable_applied = self.applied;
             self.last_state_sync = Instant::now();
@@ -1176,7 +1245,10 @@ impl Driver {
         if self.applied > self.durable_applied
             && self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
         {
-            let wtx = self.backend.db().begin_write()?;
+            let wtx = match self.batch.take() {
+                Some(wtx) => wtx,
+                None => self.backend.db().begin_write()?,
+            };
             self.commit_state(wtx, true)?;
         }
         Ok(())
@@ -1243,11 +1315,15 @@ impl Driver {
     }
 }
 
-/// What one apply transaction produced for the watch hub and the lessor.
+/// What one apply produced for the watch hub, the lessor and the overlay.
 struct AppliedBatch {
     events: Vec<Event>,
     revs: Revs,
     leases: Vec<LeaseChange>,
+    /// The versions written, as stored.
+    rows: crate::overlay::Chunk,
+    /// Something besides the key space changed: the transaction must commit now.
+    must_commit: bool,
 }
 
 /// Deletes received snapshot files up to raft index `upto` (all of them at start: raft forgets

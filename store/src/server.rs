@@ -204,8 +204,7 @@ impl EtcdServer {
 
     /// A read view of the last applied state.
     pub fn read_view(&self) -> Result<ReadView> {
-        let rtx = self.backend.db().begin_read()?;
-        ReadView::open(&rtx, self.backend.index())
+        ReadView::open(&self.backend)
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
@@ -667,10 +666,18 @@ impl EtcdServer {
         &self.backend
     }
 
+    /// Runs a maintenance task that reads the committed tables alone (hashes, snapshots,
+    /// defragmentation) off the async threads, once the raft loop has committed every applied
+    /// entry (it keeps key-value writes in an open transaction for a while; see `overlay`).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Backend) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        match self.raft.commit().await {
+            // A stopped loop has nothing open that could still commit.
+            Ok(()) | Err(Error::Stopped) => {}
+            Err(e) => return Err(e),
+        }
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || f(&backend))
             .await

@@ -424,8 +424,7 @@ mod tests {
         assert_ne!(cluster, 0);
         let nb = Backend::open(&opts.config.data_dir).unwrap();
         {
-            let rtx = nb.db().begin_read().unwrap();
-            let v = ReadView::open(&rtx, nb.index()).unwrap();
+            let v = ReadView::open(&nb).unwrap();
             let r =
                 crate::mvcc::KvRead::range_at(&v, &KeyInterval::From(b""), 3, 0, false).unwrap();
             assert_eq!(r.kvs.len(), 2);

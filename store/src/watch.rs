@@ -173,36 +173,38 @@ impl WatchHub {
         current: i64,
         keep: &dyn Fn(&Event) -> bool,
     ) -> Result<(Vec<Arc<Event>>, i64)> {
+        // The overlay before the transaction (see `overlay`): versions below its first one
+        // are committed, so the transaction has them.
+        let overlay = self.backend.overlay().view();
         let rtx = self.backend.db().begin_read()?;
         let compact = rtx
             .open_table(META)?
             .get(META_COMPACT_REV)?
             .map(|v| v.value())
             .unwrap_or(0) as i64;
-        if from < compact {
+        if from < compact.max(overlay.revs.compact) {
             return Err(Error::Compacted);
         }
         let to = current.min(from + BATCH_REVS - 1);
         let table = rtx.open_table(KV_REVS)?;
         let index = self.backend.index();
         let mut out = Vec::new();
-        let lo = Bound::Included((from as u64, 0u32));
-        let hi = Bound::Included((to as u64, u32::MAX));
-        for item in table.range::<RevKey>((lo, hi))? {
-            let (k, v) = item?;
-            let (rev, _) = k.value();
-            let kv = decode_stored(rev, v.value())?;
+        let mut add = |rev: u64, bytes: &[u8]| -> Result<()> {
+            let kv = decode_stored(rev, bytes)?;
             let kind = if kv.version > 0 {
                 EventType::Put
             } else {
                 EventType::Delete
             };
             // The previous version: the newest one of this key before `rev`, unless deleted.
-            // The index holds it as long as it is not compacted, and then so does `rtx`.
+            // The index holds it as long as it is not compacted, and then so does the view.
             let prev = match index.newest_at(&kv.key, rev - 1) {
-                Some(p) if !p.tombstone => match table.get(p.key())? {
-                    Some(pv) => Some(decode_stored(p.main, pv.value())?),
-                    None => None,
+                Some(p) if !p.tombstone => match overlay.get(p.key()) {
+                    Some(pv) => Some(decode_stored(p.main, pv)?),
+                    None => match table.get(p.key())? {
+                        Some(pv) => Some(decode_stored(p.main, pv.value())?),
+                        None => None,
+                    },
                 },
                 _ => None,
             };
@@ -214,8 +216,22 @@ impl WatchHub {
             if keep(&e) {
                 out.push(Arc::new(e));
             }
+            Ok(())
+        };
+        let (from, to) = (from as u64, to as u64);
+        let split = overlay.first_main().unwrap_or(u64::MAX);
+        if from < split {
+            let lo = Bound::Included((from, 0u32));
+            let hi = Bound::Included((to.min(split - 1), u32::MAX));
+            for item in table.range::<RevKey>((lo, hi))? {
+                let (k, v) = item?;
+                add(k.value().0, v.value())?;
+            }
         }
-        Ok((out, to + 1))
+        for (k, v) in overlay.rows(from.max(split)..=to) {
+            add(k.0, v)?;
+        }
+        Ok((out, to as i64 + 1))
     }
 }
 
@@ -297,6 +313,45 @@ mod tests {
         assert_eq!(summary(&events), want[2..]);
         let only_a = |e: &Event| e.kv.as_ref().is_some_and(|kv| kv.key == b"a");
         assert_eq!(hub.read(4, &only_a).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn disk_reads_include_versions_not_committed_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(Backend::open(dir.path()).unwrap());
+        let hub = WatchHub::new(b.clone()).unwrap();
+        write(&b, &hub, |t| put(t, "a", "1"));
+        // As the raft loop does: apply into a transaction it keeps open, and publish what it
+        // wrote in the overlay.
+        let wtx = b.db().begin_write().unwrap();
+        {
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
+            put(&mut t, "a", "2");
+            put(&mut t, "b", "1");
+            b.overlay().applied(t.revs(), t.take_rows());
+        }
+        let all = |_: &Event| true;
+        let want = vec![
+            (0, "a".to_string(), 2, None),
+            (0, "a".to_string(), 3, Some("1".to_string())),
+            (0, "b".to_string(), 4, None),
+        ];
+        let (events, next) = hub.read_disk(2, 4, &all).unwrap();
+        assert_eq!((summary(&events), next), (want.clone(), 5));
+        let view = crate::mvcc::ReadView::open(&b).unwrap();
+        assert_eq!(crate::mvcc::KvRead::revs(&view).current, 4);
+        let r = crate::mvcc::KvRead::range_at(&view, &KeyInterval::From(b""), 4, 0, false).unwrap();
+        let values: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+        assert_eq!(values, vec![&b"2"[..], &b"1"[..]]);
+        drop(view);
+        // Once committed, the overlay is emptied and the tables answer the same.
+        wtx.commit().unwrap();
+        b.overlay().committed(crate::mvcc::Revs {
+            current: 4,
+            compact: 0,
+        });
+        let (events, _) = hub.read_disk(3, 4, &all).unwrap();
+        assert_eq!(summary(&events), want[1..]);
     }
 
     #[test]

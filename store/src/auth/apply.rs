@@ -52,6 +52,12 @@ impl<'t> AuthTables<'t> {
             tokens: LazyTable::new(wtx, AUTH_TOKENS),
         })
     }
+
+    /// Whether users, roles or tokens were written (a change of `meta` alone comes from an
+    /// auth request, which the applier flags itself).
+    pub fn written(&self) -> bool {
+        self.users.written() || self.roles.written() || self.tokens.written()
+    }
 }
 
 /// Whether auth is enabled, in any view of the `AUTH` table.
