@@ -26,13 +26,18 @@
 //! Durability: the entries of a Ready and its hard state go into ONE append to the log (`wal`),
 //! synced when raft needs it (one fsync per batch, shared by all proposals that arrived
 //! meanwhile: group commit). The committed entries it carries and those that persisting
-//! it commits (the light ready's) are applied in one transaction of the state (`store.redb`),
-//! synced only every [`STATE_SYNC_INTERVAL`] or [`STATE_SYNC_ENTRIES`] (etcd's backend batching):
-//! the applied index and its term travel with the effects, so a restart replays the log from
-//! whatever the state last made durable, and the log is never compacted past that. Nothing that
-//! depends on either commit is answered or sent before both are done. A snapshot's state is
-//! made durable before the log forgets what it replaced; a restart that finds the log behind
-//! the state (a crash between the two) restarts the log at the state.
+//! it commits (the light ready's) are applied to the state (`store.redb`) in a transaction that
+//! stays open across Readies while they only change the key space: readers see those versions
+//! through the backend's overlay (`overlay`, published after the log append). It is committed,
+//! and synced, every [`STATE_SYNC_INTERVAL`] or [`STATE_SYNC_ENTRIES`] (etcd's backend
+//! batching), and at once (not synced) when an entry changed anything read from the committed
+//! tables alone (leases, auth, alarms, members, compaction) or a maintenance task asks
+//! ([`Msg::Commit`]). The applied index and its term travel with the effects, so a restart
+//! replays the log from whatever the state last made durable, and the log is never compacted
+//! past that. Nothing that depends on an apply is answered or sent before the log append and
+//! the commit or overlay publication are done. A snapshot's state is made durable before the
+//! log forgets what it replaced; a restart that finds the log behind the state (a crash
+//! between the two) restarts the log at the state.
 //!
 //! This module must never interpret requests; `apply` (key-value, leases) and `membership`
 //! (members) do; the loop only routes each entry to one of them.
