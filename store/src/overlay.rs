@@ -2,8 +2,8 @@
 //! backend's batch transaction).
 //!
 //! The raft loop applies entries into one redb write transaction that it keeps open across
-//! Readies and commits only every `--backend-batch-interval` (or sooner when an entry changed
-//! something other than the key space). Readers cannot see an open transaction, so the loop
+//! Readies and commits only every 100 ms (etcd's default `--backend-batch-interval`), or
+//! sooner when an entry changed something other than the key space. Readers cannot see an open transaction, so the loop
 //! publishes here, after each Ready, the versions it wrote and the store revisions they reached.
 //! A reader takes the [`OverlayView`] first and begins its read transaction second: any version
 //! missing from the view was committed before the view was replaced, so the transaction sees
