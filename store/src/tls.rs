@@ -70,6 +70,8 @@ fn ring() -> CryptoProvider {
 pub struct Tls {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    /// `client` offering [`RAFT_ALPN`] only: the peer transport's raft message streams.
+    raft_client: Arc<rustls::ClientConfig>,
     /// Whether accepted connections must present a (verified) certificate.
     client_certs: bool,
     /// etcd's `checkSAN` on accepted connections (peer listeners with client certificates).
@@ -210,7 +212,7 @@ impl Tls {
             })?;
         server.alpn_protocols = match side {
             Side::Client => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            Side::Peer => vec![b"h2".to_vec()],
+            Side::Peer => vec![b"h2".to_vec(), RAFT_ALPN.to_vec()],
         };
 
         // Client side (the peer transport; the same certificate authenticates this member).
@@ -230,10 +232,13 @@ impl Tls {
             .with_client_auth_cert(chain, key)
             .map_err(|e| tls_error(format!("tls: cannot use client certificate: {e}")))?;
         client.alpn_protocols = vec![b"h2".to_vec()];
+        let mut raft_client = client.clone();
+        raft_client.alpn_protocols = vec![RAFT_ALPN.to_vec()];
 
         Ok(Tls {
             server: Arc::new(server),
             client: Arc::new(client),
+            raft_client: Arc::new(raft_client),
             client_certs,
             check_san: side == Side::Peer && client_certs && !cfg.skip_client_san_verify,
         })
@@ -247,6 +252,16 @@ impl Tls {
     /// The rustls client config this member connects to others with.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         self.client.clone()
+    }
+
+    /// Connects to `host:port` over TCP and runs the client handshake for a raft message
+    /// stream ([`RAFT_ALPN`]), verifying the member's certificate as the gRPC peer calls do.
+    pub async fn connect_raft(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        connect_tls(self.raft_client.clone(), host, port).await
     }
 
     /// Runs the server handshake on an accepted connection (bounded by a timeout), then etcd's
@@ -916,16 +931,25 @@ impl tower_service::Service<http::Uri> for PeerConnector {
                 .trim_end_matches(']')
                 .to_owned();
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(host)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let stream = connect_tls(config, &host, port).await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
+}
+
+/// A TCP connection to `host:port` (no Nagle delay) after the client handshake with `config`.
+async fn connect_tls(
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }
 
 /// The URL tonic is given for a peer URL: an `https` peer URL is dialled as `http` by tonic,
@@ -937,8 +961,19 @@ pub fn endpoint_url(url: &str) -> String {
     }
 }
 
+/// The ALPN protocol of the peer transport's raft message streams on a TLS peer listener
+/// (next to `h2`, the gRPC peer calls).
+pub const RAFT_ALPN: &[u8] = b"concord-raft";
+
 /// An accepted peer connection after its TLS handshake, for tonic's server.
 pub struct PeerTlsStream(pub tokio_rustls::server::TlsStream<TcpStream>);
+
+impl PeerTlsStream {
+    /// Whether the other side negotiated [`RAFT_ALPN`]: a raft message stream, not gRPC.
+    pub fn is_raft(&self) -> bool {
+        self.0.get_ref().1.alpn_protocol() == Some(RAFT_ALPN)
+    }
+}
 
 impl tonic::transport::server::Connected for PeerTlsStream {
     type ConnectInfo = Option<SocketAddr>;

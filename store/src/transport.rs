@@ -34,8 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use prost::Message as ProstMessage;
 use protobuf::Message as PbMessage;
 use raft::prelude::{Message, MessageType};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -59,8 +61,16 @@ use crate::tls::Tls;
 
 /// Messages queued for one member before new ones are dropped.
 pub const PEER_QUEUE: usize = 4096;
-/// Envelopes buffered in one open stream before the member counts as not keeping up.
-const STREAM_WINDOW: usize = 64;
+/// The first bytes of a raft stream on a plaintext peer listener, which tell it from gRPC
+/// (whose connections start with the HTTP/2 preface). On TLS, [`crate::tls::RAFT_ALPN`] does.
+const RAFT_MAGIC: &[u8; 8] = b"CNCDRFT1";
+/// An idle raft stream carries an empty frame this often.
+const IDLE_FRAME: Duration = Duration::from_secs(1);
+/// A raft stream whose frame cannot be written, or which carries nothing, for this long is
+/// dead (etcd's rafthttp `ConnWriteTimeout` and `ConnReadTimeout`).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to one peer URL.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// An envelope stops taking messages once it holds this many bytes.
 const MAX_ENVELOPE_BYTES: usize = 4 << 20;
 /// Largest envelope a member accepts: one oversized entry plus a batch.
@@ -400,7 +410,7 @@ impl Link {
         loop {
             let started = Instant::now();
             let ended = match self.connect().await {
-                Ok(channel) => {
+                Ok(conn) => {
                     if !active {
                         active = true;
                         if let Ok(mut a) = self.shared.active.lock() {
@@ -411,7 +421,7 @@ impl Link {
                             "peer became active"
                         );
                     }
-                    self.stream(channel, &mut rx).await
+                    self.stream(conn, &mut rx).await
                 }
                 Err(e) => Ended::Failed(e),
             };
@@ -457,46 +467,56 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> std::result::Result<Channel, String> {
-        connect(&self.urls, self.tls.as_ref()).await
+    /// Opens a raft stream to the first of the member's peer URLs that answers.
+    async fn connect(&self) -> std::result::Result<Box<dyn PeerIo>, String> {
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect_raft(url, self.tls.as_ref())).await
+            {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+                Err(_) => errors.push(format!("{url}: connecting timed out")),
+            }
+        }
+        Err(errors.join("; "))
     }
 
-    /// Sends queued messages over one stream until it fails or the queue closes.
-    async fn stream(&self, channel: Channel, rx: &mut mpsc::Receiver<Message>) -> Ended {
-        let (tx, stream_rx) = mpsc::channel::<RaftEnvelope>(STREAM_WINDOW);
-        let mut client = PeerClient::new(channel)
-            .max_encoding_message_size(usize::MAX)
-            .max_decoding_message_size(MAX_RECV_BYTES);
-        let call = client.stream(ReceiverStream::new(stream_rx));
-        tokio::pin!(call);
+    /// Sends queued messages over one raft stream until it fails or the queue closes. Each
+    /// wake-up writes what is queued as one envelope frame, with one write; an idle stream
+    /// carries an empty frame every [`IDLE_FRAME`] so the receiver can tell it from a dead one.
+    async fn stream(&self, conn: Box<dyn PeerIo>, rx: &mut mpsc::Receiver<Message>) -> Ended {
+        let (mut rd, mut wr) = tokio::io::split(conn);
+        let refusal = read_refusal(&mut rd);
+        tokio::pin!(refusal);
+        let mut buf = Vec::new();
         loop {
+            buf.clear();
             tokio::select! {
-                r = &mut call => {
-                    return Ended::Failed(match r {
-                        Ok(_) => "the peer closed the stream".to_owned(),
-                        Err(s) => {
-                            if s.message() == Error::Removed.to_string() {
-                                self.shared
-                                    .removed
-                                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            format!("{}: {}", code_name(s.code()), s.message())
-                        }
-                    });
-                }
-                m = rx.recv() => {
-                    let Some(m) = m else { return Ended::Closed };
-                    let env = self.envelope(m, rx);
-                    match tx.try_send(env) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            // The member does not keep up (or is paused): drop, let raft probe.
-                            self.shared.report_unreachable(self.to);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Ended::Failed("the stream closed".to_owned());
-                        }
+                r = &mut refusal => {
+                    if r == Error::Removed.to_string() {
+                        self.shared
+                            .removed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
+                    return Ended::Failed(r);
+                }
+                m = tokio::time::timeout(IDLE_FRAME, rx.recv()) => match m {
+                    Ok(None) => return Ended::Closed,
+                    Ok(Some(m)) => self.envelope(m, rx).encode_frame(&mut buf),
+                    Err(_) => buf.extend_from_slice(&0u32.to_be_bytes()),
+                },
+            }
+            let written = async {
+                wr.write_all(&buf).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(IO_TIMEOUT, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ended::Failed(format!("cannot write to the peer: {e}")),
+                Err(_) => {
+                    return Ended::Failed(format!(
+                        "writing to the peer took longer than {IO_TIMEOUT:?}"
+                    ));
                 }
             }
         }
@@ -525,6 +545,69 @@ impl Link {
             to: self.to,
             messages,
         }
+    }
+}
+
+/// A raft stream's connection: plain TCP or TLS.
+trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+
+/// Opens a raft stream to the member at peer URL `url` (over `tls` for `https`).
+async fn connect_raft(url: &str, tls: Option<&Tls>) -> std::io::Result<Box<dyn PeerIo>> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let mut conn: Box<dyn PeerIo> = if https {
+        let tls = tls.ok_or_else(|| {
+            std::io::Error::other(
+                "an https peer URL needs peer TLS (--peer-cert-file and --peer-key-file, or \
+                 --peer-auto-tls)",
+            )
+        })?;
+        Box::new(tls.connect_raft(host, port).await?)
+    } else {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Box::new(tcp)
+    };
+    conn.write_all(RAFT_MAGIC).await?;
+    Ok(conn)
+}
+
+/// Waits for the receiver of a raft stream to refuse it (a length-prefixed reason, then the
+/// end of the stream) or to close it; returns why the stream ended.
+async fn read_refusal(rd: &mut (impl AsyncRead + Unpin)) -> String {
+    let len = match rd.read_u32().await {
+        Ok(len) => len as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return "the peer closed the stream".to_owned();
+        }
+        Err(e) => return format!("cannot read from the peer: {e}"),
+    };
+    let mut reason = vec![0; len.min(64 << 10)];
+    match rd.read_exact(&mut reason).await {
+        Ok(_) => String::from_utf8_lossy(&reason).into_owned(),
+        Err(e) => format!("cannot read from the peer: {e}"),
+    }
+}
+
+impl RaftEnvelope {
+    /// Appends this envelope to `buf` as a raft stream frame: its length (4 bytes, big-endian),
+    /// then its protobuf encoding. An empty frame (length 0) only keeps an idle stream alive.
+    fn encode_frame(&self, buf: &mut Vec<u8>) {
+        let len = ProstMessage::encoded_len(self);
+        buf.reserve(4 + len);
+        buf.extend_from_slice(&(len as u32).to_be_bytes());
+        // Encoding into a Vec only fails for want of capacity, which `reserve` gave.
+        let _ = ProstMessage::encode(self, buf);
     }
 }
 
@@ -680,11 +763,17 @@ pub trait LeaderCalls: Send + Sync + 'static {
 /// The `concordpb.Peer` service of one member: incoming raft messages and snapshots, the member
 /// list, and the lease requests and promotions forwarded to the leader.
 pub struct PeerService {
+    inbox: RaftInbox,
+    leader: Arc<dyn LeaderCalls>,
+}
+
+/// Where incoming raft messages go: checked, decoded and stepped into this member's raft loop.
+#[derive(Clone)]
+struct RaftInbox {
     local: u64,
     cluster: u64,
     raft: Sender<Msg>,
     backend: Arc<Backend>,
-    leader: Arc<dyn LeaderCalls>,
 }
 
 impl PeerService {
@@ -698,14 +787,18 @@ impl PeerService {
         leader: Arc<dyn LeaderCalls>,
     ) -> PeerService {
         PeerService {
-            local,
-            cluster,
-            raft,
-            backend,
+            inbox: RaftInbox {
+                local,
+                cluster,
+                raft,
+                backend,
+            },
             leader,
         }
     }
+}
 
+impl RaftInbox {
     fn check(&self, env: &RaftEnvelope) -> std::result::Result<(), Status> {
         if env.cluster_id != self.cluster {
             tracing::warn!(
@@ -746,25 +839,162 @@ impl PeerService {
         }
         Ok(())
     }
+
+    /// Checks `env` and steps its messages into the raft loop, in order.
+    fn deliver(&self, env: RaftEnvelope) -> std::result::Result<(), Status> {
+        self.check(&env)?;
+        for b in env.messages {
+            let m = Message::parse_from_bytes(&b)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if self.raft.send(Msg::Step(m)).is_err() {
+                return Err(Error::Stopped.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves one raft stream (after [`RAFT_MAGIC`]) until the sender closes it, it breaks,
+    /// it stays silent for [`IO_TIMEOUT`], or `stop` turns true. A refused envelope (see
+    /// [`RaftInbox::check`]) ends it with the reason written back to the sender.
+    async fn receive(&self, conn: impl PeerIo, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (rd, mut wr) = tokio::io::split(conn);
+        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
+        let ended = tokio::select! {
+            r = self.read_frames(&mut rd) => r,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if let Err(reason) = ended {
+            tracing::debug!(reason = %reason, "raft stream from a peer ended");
+            let mut frame = (reason.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(reason.as_bytes());
+            // Then read on until the sender closes: closing with unread bytes would reset the
+            // connection, and the sender could lose the reason.
+            let _ = tokio::time::timeout(IO_TIMEOUT, async {
+                wr.write_all(&frame).await?;
+                wr.shutdown().await?;
+                tokio::io::copy(&mut rd, &mut tokio::io::sink()).await
+            })
+            .await;
+        }
+    }
+
+    /// Reads and delivers frames until the sender closes the stream (`Ok`) or it fails.
+    async fn read_frames(
+        &self,
+        rd: &mut (impl AsyncRead + Unpin),
+    ) -> std::result::Result<(), String> {
+        let mut magic = [0; RAFT_MAGIC.len()];
+        rd.read_exact(&mut magic)
+            .await
+            .map_err(|e| e.to_string())?;
+        if &magic != RAFT_MAGIC {
+            return Err("not a raft stream".to_owned());
+        }
+        let mut buf = Vec::new();
+        loop {
+            let len = match tokio::time::timeout(IO_TIMEOUT, rd.read_u32()).await {
+                Ok(Ok(len)) => len as usize,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("nothing received for {IO_TIMEOUT:?}")),
+            };
+            if len == 0 {
+                continue;
+            }
+            if len > MAX_RECV_BYTES {
+                return Err(format!(
+                    "an envelope of {len} bytes is larger than the limit of {MAX_RECV_BYTES}"
+                ));
+            }
+            buf.resize(len, 0);
+            rd.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            let env = RaftEnvelope::decode(buf.as_slice())
+                .map_err(|e| format!("undecodable raft envelope: {e}"))?;
+            self.deliver(env).map_err(|s| s.message().to_owned())?;
+        }
+    }
+}
+
+/// An accepted peer connection that is either a raft stream or gRPC.
+trait PeerConn: PeerIo + 'static {
+    /// Whether the connection is a raft stream.
+    fn is_raft(&self) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl PeerConn for tokio::net::TcpStream {
+    /// Peeks (without consuming) until the first bytes match [`RAFT_MAGIC`] or cannot.
+    async fn is_raft(&self) -> bool {
+        let mut head = [0; RAFT_MAGIC.len()];
+        let peeked = tokio::time::timeout(IO_TIMEOUT, async {
+            loop {
+                let n = self.peek(&mut head).await?;
+                if n == 0 || head[..n] != RAFT_MAGIC[..n] {
+                    return Ok::<_, std::io::Error>(false);
+                }
+                if n == head.len() {
+                    return Ok(true);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        matches!(peeked, Ok(Ok(true)))
+    }
+}
+
+impl PeerConn for crate::tls::PeerTlsStream {
+    async fn is_raft(&self) -> bool {
+        crate::tls::PeerTlsStream::is_raft(self)
+    }
+}
+
+/// Hands each connection of `incoming` to a raft stream task or (in order of classification)
+/// to `grpc`, until `grpc`'s receiver is gone.
+async fn route<C: PeerConn>(
+    incoming: impl futures::Stream<Item = std::io::Result<C>> + Send,
+    grpc: mpsc::Sender<std::io::Result<C>>,
+    inbox: RaftInbox,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    tokio::pin!(incoming);
+    loop {
+        let next = tokio::select! {
+            c = incoming.next() => c,
+            _ = grpc.closed() => return,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                if grpc.send(Err(e)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(conn)) => {
+                let (grpc, inbox, stop) = (grpc.clone(), inbox.clone(), stop.clone());
+                tokio::spawn(async move {
+                    if conn.is_raft().await {
+                        inbox.receive(conn, stop).await;
+                    } else {
+                        let _ = grpc.send(Ok(conn)).await;
+                    }
+                });
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    /// Raft messages over gRPC. This member's transport sends them on raft streams instead (see
+    /// [`serve_peers`]); the call stays for members of earlier versions.
     async fn stream(
         &self,
         req: Request<Streaming<RaftEnvelope>>,
     ) -> std::result::Result<Response<StreamAck>, Status> {
         let mut stream = req.into_inner();
         while let Some(env) = stream.message().await? {
-            self.check(&env)?;
-            for b in env.messages {
-                let m = Message::parse_from_bytes(&b).map_err(|e| {
-                    Status::invalid_argument(format!("undecodable raft message: {e}"))
-                })?;
-                if self.raft.send(Msg::Step(m)).is_err() {
-                    return Err(Error::Stopped.into());
-                }
-            }
+            self.inbox.deliver(env)?;
         }
         Ok(Response::new(StreamAck {}))
     }
@@ -782,7 +1012,7 @@ impl Peer for PeerService {
             .header
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no header"))?;
-        self.check(env)?;
+        self.inbox.check(env)?;
         let m = match env.messages.as_slice() {
             [b] => Message::parse_from_bytes(b)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?,
@@ -798,7 +1028,7 @@ impl Peer for PeerService {
             ));
         }
         let index = m.get_snapshot().get_metadata().index;
-        let path = received_snapshot_path(&self.backend, index);
+        let path = received_snapshot_path(&self.inbox.backend, index);
         let tmp = path.with_extension("tmp");
         let started = Instant::now();
         tracing::info!(
@@ -839,7 +1069,7 @@ impl Peer for PeerService {
             took = ?started.elapsed(),
             "received and saved database snapshot"
         );
-        if self.raft.send(Msg::Step(m)).is_err() {
+        if self.inbox.raft.send(Msg::Step(m)).is_err() {
             return Err(Error::Stopped.into());
         }
         Ok(Response::new(SnapshotAck {}))
@@ -850,8 +1080,8 @@ impl Peer for PeerService {
         _: Request<MembersRequest>,
     ) -> std::result::Result<Response<MembersResponse>, Status> {
         Ok(Response::new(MembersResponse {
-            cluster_id: self.cluster,
-            members: crate::membership::list(&self.backend)?,
+            cluster_id: self.inbox.cluster,
+            members: crate::membership::list(&self.inbox.backend)?,
         }))
     }
 
@@ -918,7 +1148,8 @@ pub async fn fetch_members(peer_urls: &[String], tls: Option<&Tls>) -> Result<(u
 }
 
 /// Serves the peer service on `listener` (over `tls` for an `https` peer URL) until `shutdown`
-/// resolves.
+/// resolves: raft streams (told apart by [`RAFT_MAGIC`], or on TLS by
+/// [`crate::tls::RAFT_ALPN`]) on tasks of their own, everything else as gRPC.
 pub async fn serve_peers(
     listener: TcpListener,
     service: PeerService,
@@ -926,6 +1157,12 @@ pub async fn serve_peers(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let addr = listener.local_addr().ok();
+    let inbox = service.inbox.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
@@ -937,13 +1174,18 @@ pub async fn serve_peers(
         );
     let served = match tls {
         Some(tls) => {
+            let (tx, rx) = mpsc::channel(64);
+            let incoming = crate::tls::peer_incoming(listener, tls);
+            tokio::spawn(route(incoming, tx, inbox, stop));
             router
-                .serve_with_incoming_shutdown(crate::tls::peer_incoming(listener, tls), shutdown)
+                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
                 .await
         }
         None => {
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(route(TcpListenerStream::new(listener), tx, inbox, stop));
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
                 .await
         }
     };
