@@ -6,7 +6,8 @@
 //! `--auto-tls` / `--peer-auto-tls` ([`self_cert`], written to `<data-dir>/fixtures/client` and
 //! `<data-dir>/fixtures/peer` as etcd's `transport.SelfCert` does, and reused on restart), the
 //! accept side ([`Tls::accept`]: handshake, etcd's peer SAN check, the verified client
-//! certificate's common name), the connect side for the peer transport ([`PeerConnector`]), and
+//! certificate's common name), the connect side for the peer transport ([`PeerConnector`] for
+//! gRPC, [`Tls::connect_raft`] for raft streams, told apart by ALPN: [`RAFT_ALPN`]), and
 //! [`ClientCertCommonName`], the request extension handlers read the common name from.
 //!
 //! etcd's rules, as in its `client/pkg/transport/listener.go`:

@@ -1,26 +1,33 @@
-//! The peer transport: raft messages between the members of a cluster, over gRPC streams on the
-//! peer URLs (`concordpb.Peer`, see `proto/concordpb/peer.proto`). This is the only code that
-//! talks to other members.
+//! The peer transport: raft messages between the members of a cluster, and the gRPC peer calls
+//! (`concordpb.Peer`, see `proto/concordpb/peer.proto`), on the peer URLs. This is the only code
+//! that talks to other members.
 //!
 //! Outgoing: one task per remote member owns a bounded queue ([`PEER_QUEUE`] messages). The raft
 //! loop hands messages over with [`Transport::send`], which never blocks: a message for a member
 //! whose queue is full is dropped and the member reported unreachable, as etcd's rafthttp does.
-//! The task keeps one client stream open to the member, batching queued messages into
-//! [`RaftEnvelope`]s encoded with raft-rs's protobuf codec. When connecting or sending fails it
-//! discards what is queued (raft resends what matters), reports the member unreachable and
-//! reconnects with exponential backoff (`backon`). The raft loop collects those reports with
-//! [`Transport::take_unreachable`] and passes them to `RawNode::report_unreachable`.
+//! The task keeps one raft stream open to the member: a TCP (or TLS) connection that starts
+//! with [`RAFT_MAGIC`] and then carries frames, each a 4-byte big-endian length and a
+//! [`RaftEnvelope`] (the messages queued at one wake-up, encoded with raft-rs's protobuf codec),
+//! written with one write. An idle stream carries an empty frame every [`IDLE_FRAME`]; a frame
+//! that cannot be written, or a stream silent, for [`IO_TIMEOUT`] ends it, as etcd's rafthttp
+//! stream timeouts do. This is etcd's design (a long-lived HTTP/1.1 stream per member pair)
+//! without HTTP: a gRPC client stream cost a task hop and HTTP/2 framing and flow control on
+//! each side per message. When connecting or sending fails the task discards what is queued
+//! (raft resends what matters), reports the member unreachable and reconnects with exponential
+//! backoff (`backon`). The raft loop collects those reports with [`Transport::take_unreachable`]
+//! and passes them to `RawNode::report_unreachable`.
 //!
-//! Incoming: [`PeerService`] checks every envelope's cluster id, sender and destination (a
-//! member of another cluster is refused with FAILED_PRECONDITION and a message naming both ids;
-//! a removed member with FAILED_PRECONDITION "the member has been permanently removed from the
-//! cluster", which makes that member's transport report [`Transport::removed_by_peer`] so it
-//! stops, as etcd's rafthttp does with HTTP 410) and hands
-//! each decoded message to the raft loop as [`Msg::Step`]. It also answers `Members` (the
-//! members table and cluster id), which a member joining with `--initial-cluster-state=existing`
-//! asks of the others through [`fetch_members`], and the lease keep-alives, time-to-live
-//! queries and learner promotions that followers forward to the leader ([`LeaderCalls`],
-//! [`Transport::client`]).
+//! Incoming: [`serve_peers`] tells raft streams from gRPC connections on the peer listener (by
+//! [`RAFT_MAGIC`], or on TLS by the ALPN protocol [`crate::tls::RAFT_ALPN`]). A raft stream's
+//! task checks every envelope's cluster id, sender and destination, and hands each decoded
+//! message to the raft loop as [`Msg::Step`]. A refused envelope ends the stream with the reason
+//! written back: a member of another cluster gets a message naming both ids, a removed member
+//! "the member has been permanently removed from the cluster", which makes its transport report
+//! [`Transport::removed_by_peer`] so it stops, as etcd's rafthttp does with HTTP 410. The gRPC
+//! side ([`PeerService`]) answers `Members` (the members table and cluster id), which a member
+//! joining with `--initial-cluster-state=existing` asks of the others through
+//! [`fetch_members`], and the lease keep-alives, time-to-live queries and learner promotions
+//! that followers forward to the leader ([`LeaderCalls`], [`Transport::client`]).
 //!
 //! Snapshots: a MsgSnapshot does not go on the stream. Its state, staged by the raft log
 //! ([`Transport::stage_snapshot`]), is written to a file and streamed in chunks over a
@@ -884,9 +891,7 @@ impl RaftInbox {
         rd: &mut (impl AsyncRead + Unpin),
     ) -> std::result::Result<(), String> {
         let mut magic = [0; RAFT_MAGIC.len()];
-        rd.read_exact(&mut magic)
-            .await
-            .map_err(|e| e.to_string())?;
+        rd.read_exact(&mut magic).await.map_err(|e| e.to_string())?;
         if &magic != RAFT_MAGIC {
             return Err("not a raft stream".to_owned());
         }
@@ -1190,4 +1195,131 @@ pub async fn serve_peers(
         }
     };
     served.map_err(|e| Error::Raft(format!("peer listener {addr:?} failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member that never leads: forwarded requests are refused.
+    struct NeverLeads;
+
+    #[tonic::async_trait]
+    impl LeaderCalls for NeverLeads {
+        async fn renew_as_leader(&self, _: i64) -> Result<LeaseKeepAliveResponse> {
+            Err(Error::NotLeader)
+        }
+        async fn time_to_live_as_leader(
+            &self,
+            _: LeaseTimeToLiveRequest,
+        ) -> Result<LeaseTimeToLiveResponse> {
+            Err(Error::NotLeader)
+        }
+        async fn promote_as_leader(&self, _: u64) -> Result<MemberPromoteResponse> {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// The indexes of the next `n` messages stepped into `rx` (`None`: none came in time).
+    async fn stepped(
+        rx: std::sync::mpsc::Receiver<Msg>,
+        n: usize,
+    ) -> (Vec<Option<u64>>, std::sync::mpsc::Receiver<Msg>) {
+        tokio::task::spawn_blocking(move || {
+            let got = (0..n)
+                .map(|_| match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Msg::Step(m)) => Some(m.index),
+                    _ => None,
+                })
+                .collect();
+            (got, rx)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_streams_and_grpc_share_the_peer_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(Backend::open(dir.path()).unwrap());
+        let (raft_tx, raft_rx) = std::sync::mpsc::channel();
+        let service = PeerService::new(1, 7, raft_tx, backend, Arc::new(NeverLeads));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_peers(listener, service, None, async {
+            let _ = stopped.await;
+        }));
+
+        // Member 2's transport: messages arrive in order, over a raft stream.
+        let transport = Transport::new(2, 7, None, tokio::runtime::Handle::current());
+        transport.add_peer(1, vec![url.clone()]);
+        let message = |index| Message {
+            from: 2,
+            to: 1,
+            index,
+            ..Default::default()
+        };
+        transport.send((1..=3).map(message).collect());
+        let (got, raft_rx) = stepped(raft_rx, 3).await;
+        assert_eq!(got, vec![Some(1), Some(2), Some(3)]);
+        assert!(transport.active_since(1).is_some());
+
+        // gRPC on the same listener.
+        let members = PeerClient::connect(url.clone())
+            .await
+            .unwrap()
+            .members(MembersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(members.cluster_id, 7);
+
+        // Raft messages over gRPC, as members of earlier versions send them.
+        let env = RaftEnvelope {
+            cluster_id: 7,
+            from: 2,
+            to: 1,
+            messages: vec![message(4).write_to_bytes().unwrap()],
+        };
+        PeerClient::connect(url.clone())
+            .await
+            .unwrap()
+            .stream(tokio_stream::iter(vec![env]))
+            .await
+            .unwrap();
+        let (got, raft_rx) = stepped(raft_rx, 1).await;
+        assert_eq!(got, vec![Some(4)]);
+
+        // An envelope from another cluster is refused with the reason; nothing is delivered.
+        let mut conn = connect_raft(&url, None).await.unwrap();
+        let mut frame = Vec::new();
+        RaftEnvelope {
+            cluster_id: 8,
+            from: 2,
+            to: 1,
+            messages: vec![message(5).write_to_bytes().unwrap()],
+        }
+        .encode_frame(&mut frame);
+        conn.write_all(&frame).await.unwrap();
+        let reason = read_refusal(&mut conn).await;
+        assert!(reason.contains("cluster ID mismatch"), "{reason}");
+        assert!(raft_rx.try_recv().is_err());
+
+        // A connection that is neither gRPC nor a raft stream is closed.
+        let mut junk = tokio::net::TcpStream::connect(listener_addr(&url))
+            .await
+            .unwrap();
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), junk.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the listener kept a junk connection open");
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    fn listener_addr(url: &str) -> String {
+        url.trim_start_matches("http://").to_owned()
+    }
 }

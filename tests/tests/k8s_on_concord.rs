@@ -418,7 +418,18 @@ fn watch_across_leader_kill(kind: ServerKind) -> Result<()> {
         let name = format!("after-{i}");
         create(&name)?;
         let want = format!("configmap/{name}");
-        watch.wait_for_line(Duration::from_secs(60), |l| l == want)?;
+        watch
+            .wait_for_line(Duration::from_secs(60), |l| l == want)
+            .with_context(|| {
+                // The apiserver ends client watches when its own store watch fails, e.g. when
+                // a member stays leaderless for 3 election timeouts and ends require-leader
+                // streams (as etcd does): say which it was.
+                let logs: Vec<String> = rest
+                    .iter()
+                    .map(|&m| format!("member {m}:\n{}", cluster.members[m].stderr_tail(40)))
+                    .collect();
+                format!("surviving members' logs:\n{}", logs.join("\n"))
+            })?;
     }
     ensure!(
         watch.is_running(),
