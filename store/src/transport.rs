@@ -2,23 +2,26 @@
 //! (`concordpb.Peer`, see `proto/concordpb/peer.proto`), on the peer URLs. This is the only code
 //! that talks to other members.
 //!
-//! Outgoing: one task per remote member owns a bounded queue ([`PEER_QUEUE`] messages). The raft
-//! loop hands messages over with [`Transport::send`], which never blocks: a message for a member
-//! whose queue is full is dropped and the member reported unreachable, as etcd's rafthttp does.
-//! The task keeps one raft stream open to the member: a TCP (or TLS) connection that starts
-//! with [`RAFT_MAGIC`] and then carries frames, each a 4-byte big-endian length and a
-//! [`RaftEnvelope`] (the messages queued at one wake-up, encoded with raft-rs's protobuf codec),
-//! written with one write. An idle stream carries an empty frame every [`IDLE_FRAME`]; a frame
-//! that cannot be written, or a stream silent, for [`IO_TIMEOUT`] ends it, as etcd's rafthttp
-//! stream timeouts do. This is etcd's design (a long-lived HTTP/1.1 stream per member pair)
-//! without HTTP: a gRPC client stream cost a task hop and HTTP/2 framing and flow control on
-//! each side per message. When connecting or sending fails the task discards what is queued
-//! (raft resends what matters), reports the member unreachable and reconnects with exponential
-//! backoff (`backon`). The raft loop collects those reports with [`Transport::take_unreachable`]
-//! and passes them to `RawNode::report_unreachable`.
+//! Outgoing: each remote member has an `Outbox` and a link task that owns one raft stream to
+//! it: a TCP (or TLS) connection that starts with `RAFT_MAGIC` and then carries frames, each
+//! a 4-byte big-endian length and a [`RaftEnvelope`] (messages encoded with raft-rs's protobuf
+//! codec). [`Transport::send`], called by the raft loop, never blocks: it encodes each member's
+//! messages of one call into an envelope frame and, when that member's plain TCP stream is idle
+//! (nothing queued or being written), writes it to the socket itself with a non-blocking write;
+//! otherwise (TLS, a short write, a busy stream) it queues the bytes and wakes the link task,
+//! which writes them in order. This is etcd's design (a long-lived HTTP/1.1 stream per member
+//! pair) without HTTP: a gRPC client stream cost, per message, task hops and HTTP/2 framing and
+//! flow control on both sides; a direct write saves the hop to the link task too. Frames for a
+//! member with `MAX_PENDING_BYTES` queued, or whose stream failed and waits to reconnect, are
+//! dropped and the member reported unreachable, as etcd's rafthttp does (raft resends what
+//! matters). An idle stream carries an empty frame every `IDLE_FRAME`; a frame that cannot be
+//! written, or a stream silent, for `IO_TIMEOUT` ends it, as etcd's stream timeouts do. A
+//! failed stream reconnects with exponential backoff (`backon`). The raft loop collects the
+//! unreachable reports with [`Transport::take_unreachable`] and passes them to
+//! `RawNode::report_unreachable`.
 //!
 //! Incoming: [`serve_peers`] tells raft streams from gRPC connections on the peer listener (by
-//! [`RAFT_MAGIC`], or on TLS by the ALPN protocol [`crate::tls::RAFT_ALPN`]). A raft stream's
+//! `RAFT_MAGIC`, or on TLS by the ALPN protocol [`crate::tls::RAFT_ALPN`]). A raft stream's
 //! task checks every envelope's cluster id, sender and destination, and hands each decoded
 //! message to the raft loop as [`Msg::Step`]. A refused envelope ends the stream with the reason
 //! written back: a member of another cluster gets a message naming both ids, a removed member
@@ -66,8 +69,8 @@ use crate::proto::etcdserverpb::{
 use crate::raft::Msg;
 use crate::tls::Tls;
 
-/// Messages queued for one member before new ones are dropped.
-pub const PEER_QUEUE: usize = 4096;
+/// Bytes of frames waiting for one member before new ones are dropped.
+const MAX_PENDING_BYTES: usize = 64 << 20;
 /// The first bytes of a raft stream on a plaintext peer listener, which tell it from gRPC
 /// (whose connections start with the HTTP/2 preface). On TLS, [`crate::tls::RAFT_ALPN`] does.
 const RAFT_MAGIC: &[u8; 8] = b"CNCDRFT1";
@@ -103,8 +106,146 @@ pub struct Transport {
     faults: Option<PeerFaults>,
 }
 
-/// A remote member's peer URLs and the queue of its link task.
-type PeerLink = (Vec<String>, mpsc::Sender<Message>);
+/// A remote member's peer URLs and the outbox of its link task; dropping it ends the task.
+struct PeerLink {
+    urls: Vec<String>,
+    outbox: Arc<Outbox>,
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        self.outbox.close();
+    }
+}
+
+/// The sending side of the raft stream to one member, shared by the raft loop (which queues
+/// frames, or writes them itself) and the member's link task (which owns the connection).
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Wakes the link task: bytes are pending, or the link closed.
+    wake: tokio::sync::Notify,
+}
+
+struct OutboxState {
+    /// Whether frames are taken: while a stream is up or being connected, but not while the
+    /// link waits to reconnect after a failure (they would be stale by then; raft resends what
+    /// matters).
+    accepting: bool,
+    /// The socket of a plain TCP stream: the raft loop writes a frame to it itself, without
+    /// waking the link task, when nothing is pending or being written.
+    direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
+    /// Whether the link task is writing bytes it took from `pending`.
+    writing: bool,
+    /// Frame bytes not written yet, in order.
+    pending: Vec<u8>,
+    /// The link is gone (the member was removed, or the transport dropped).
+    closed: bool,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            state: Mutex::new(OutboxState {
+                accepting: true,
+                direct: None,
+                writing: false,
+                pending: Vec::new(),
+                closed: false,
+            }),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Writes `frame` at once, or queues it for the link task. False when the member cannot
+    /// take it: no stream is up, or too much is pending.
+    fn push(&self, frame: &[u8]) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        if !st.accepting || st.pending.len() + frame.len() > MAX_PENDING_BYTES {
+            return false;
+        }
+        let mut rest = frame;
+        if st.pending.is_empty()
+            && !st.writing
+            && let Some(direct) = &st.direct
+        {
+            // A short or failed write leaves the rest to the task, which meets the error (if
+            // any) on its next write.
+            match direct.try_write(frame) {
+                Ok(n) if n == frame.len() => return true,
+                Ok(n) => rest = &frame[n..],
+                Err(_) => {}
+            }
+        }
+        st.pending.extend_from_slice(rest);
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Ends the link: its task stops.
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.closed = true;
+        }
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.lock().map_or(true, |st| st.closed)
+    }
+
+    /// Takes frames again (queued until the stream being connected is up).
+    fn connecting(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.accepting = true;
+        }
+    }
+
+    /// A stream is up: the link task writes what is pending first; with `direct` (a plain TCP
+    /// stream's socket) the raft loop writes to it itself after that.
+    fn up(&self, direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.direct = direct;
+            st.writing = false;
+        }
+    }
+
+    /// The stream failed: frames are dropped (pending ones too) until the next connect.
+    fn down(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.accepting = false;
+            st.direct = None;
+            st.writing = false;
+            st.pending.clear();
+        }
+    }
+
+    /// Swaps what is pending into `buf` (empty) and marks it being written; `None` when the
+    /// link closed. Returns with an empty `buf` (and nothing marked) when nothing is pending.
+    fn take(&self, buf: &mut Vec<u8>) -> Option<()> {
+        let mut st = self.state.lock().ok()?;
+        if st.closed {
+            return None;
+        }
+        std::mem::swap(buf, &mut st.pending);
+        st.writing = !buf.is_empty();
+        Some(())
+    }
+
+    /// Marks the link task writing `frame` (an idle frame) unless something is pending or
+    /// being written already, which keeps the stream busy anyway.
+    fn take_idle(&self, buf: &mut Vec<u8>, frame: &[u8]) {
+        if let Ok(mut st) = self.state.lock()
+            && st.pending.is_empty()
+            && !st.writing
+        {
+            st.writing = true;
+            buf.extend_from_slice(frame);
+        }
+    }
+}
 
 /// State shared with the peer tasks.
 #[derive(Default)]
@@ -170,23 +311,27 @@ impl Transport {
             return;
         }
         if let Ok(peers) = self.peers.lock()
-            && peers.get(&id).is_some_and(|(urls, _)| *urls == peer_urls)
+            && peers.get(&id).is_some_and(|p| p.urls == peer_urls)
         {
             return;
         }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let outbox = Arc::new(Outbox::new());
         let link = Link {
             to: id,
-            from: self.local,
-            cluster: self.cluster,
             urls: peer_urls.clone(),
             tls: self.tls.clone(),
             shared: self.shared.clone(),
         };
-        self.rt.spawn(link.run(rx));
+        self.rt.spawn(link.run(outbox.clone()));
         if let Ok(mut peers) = self.peers.lock() {
-            // Dropping a previous sender ends the previous task.
-            peers.insert(id, (peer_urls, tx));
+            // Dropping a previous link ends its task.
+            peers.insert(
+                id,
+                PeerLink {
+                    urls: peer_urls,
+                    outbox,
+                },
+            );
         }
     }
 
@@ -216,7 +361,7 @@ impl Transport {
     pub async fn client(&self, id: u64) -> Result<PeerClient<Channel>> {
         if let Some(f) = &self.faults
             && let Ok(peers) = self.peers.lock()
-            && peers.get(&id).is_some_and(|(urls, _)| f.is_cut(urls))
+            && peers.get(&id).is_some_and(|p| f.is_cut(&p.urls))
         {
             return Err(Error::Raft(format!(
                 "member {id:x} is cut off ({})",
@@ -231,7 +376,7 @@ impl Transport {
                     .peers
                     .lock()
                     .ok()
-                    .and_then(|p| p.get(&id).map(|(urls, _)| urls.clone()))
+                    .and_then(|p| p.get(&id).map(|p| p.urls.clone()))
                     .ok_or(Error::NoLeader)?;
                 let ch = connect(&urls, self.tls.as_ref())
                     .await
@@ -253,8 +398,10 @@ impl Transport {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Queues `msgs` for their members without blocking. Members that cannot take a message
-    /// (unknown, or queue full) are reported unreachable.
+    /// Sends `msgs` to their members without blocking: each member's messages, in order, as
+    /// envelope frames written at once when its stream is idle, else queued for its link task.
+    /// Members that cannot take them (unknown, cut off, no stream up, or too much pending) are
+    /// reported unreachable.
     pub fn send(&self, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
@@ -262,12 +409,14 @@ impl Transport {
         let Ok(peers) = self.peers.lock() else {
             return;
         };
+        let cut = |urls: &[String]| self.faults.as_ref().is_some_and(|f| f.is_cut(urls));
+        // Per member, in the order raft produced them (a Ready rarely has more than a few).
+        let mut batches: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
         for m in msgs {
             let to = m.to;
-            let cut = |urls: &[String]| self.faults.as_ref().is_some_and(|f| f.is_cut(urls));
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 match peers.get(&to) {
-                    Some((urls, _)) if !cut(urls) => self.send_snapshot(m, urls.clone()),
+                    Some(p) if !cut(&p.urls) => self.send_snapshot(m, p.urls.clone()),
                     _ => {
                         if let Ok(mut s) = self.shared.staged.lock() {
                             s.remove(&to);
@@ -278,18 +427,50 @@ impl Transport {
                 }
                 continue;
             }
-            match peers.get(&to) {
-                Some((urls, _)) if cut(urls) => {
-                    self.shared.report_unreachable(to);
+            let bytes = match m.write_to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a raft message; dropped");
+                    continue;
                 }
-                Some((_, q)) => {
-                    if q.try_send(m).is_err() {
-                        self.shared.report_unreachable(to);
-                    }
+            };
+            match batches.iter_mut().find(|(id, _)| *id == to) {
+                Some((_, batch)) => batch.push(bytes),
+                None => batches.push((to, vec![bytes])),
+            }
+        }
+        let mut frame = Vec::new();
+        for (to, batch) in batches {
+            let Some(link) = peers.get(&to) else {
+                tracing::debug!(to = format!("{to:x}"), "no link to member; message dropped");
+                self.shared.report_unreachable(to);
+                continue;
+            };
+            if cut(&link.urls) {
+                self.shared.report_unreachable(to);
+                continue;
+            }
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                let mut messages = Vec::new();
+                let mut bytes = 0;
+                while bytes < MAX_ENVELOPE_BYTES
+                    && let Some(m) = batch.next()
+                {
+                    bytes += m.len();
+                    messages.push(m);
                 }
-                None => {
-                    tracing::debug!(to = format!("{to:x}"), "no link to member; message dropped");
+                frame.clear();
+                RaftEnvelope {
+                    cluster_id: self.cluster,
+                    from: self.local,
+                    to,
+                    messages,
+                }
+                .encode_frame(&mut frame);
+                if !link.outbox.push(&frame) {
                     self.shared.report_unreachable(to);
+                    break;
                 }
             }
         }
@@ -386,8 +567,6 @@ impl Transport {
 /// One direction of one member pair: this member's messages to `to`.
 struct Link {
     to: u64,
-    from: u64,
-    cluster: u64,
     urls: Vec<String>,
     tls: Option<Tls>,
     shared: Arc<Shared>,
@@ -411,13 +590,16 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 impl Link {
-    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+    async fn run(self, outbox: Arc<Outbox>) {
         let mut delays = backoff();
         let mut active = false;
         loop {
             let started = Instant::now();
+            outbox.connecting();
             let ended = match self.connect().await {
                 Ok(conn) => {
+                    let (rd, wr) = conn.split();
+                    outbox.up(wr.direct());
                     if !active {
                         active = true;
                         if let Ok(mut a) = self.shared.active.lock() {
@@ -428,10 +610,11 @@ impl Link {
                             "peer became active"
                         );
                     }
-                    self.stream(conn, &mut rx).await
+                    self.stream(rd, wr, &outbox).await
                 }
                 Err(e) => Ended::Failed(e),
             };
+            outbox.down();
             let reason = match ended {
                 Ended::Closed => return,
                 Ended::Failed(reason) => reason,
@@ -458,24 +641,26 @@ impl Link {
                 delays = backoff();
             }
             let delay = delays.next().unwrap_or(Duration::from_secs(1));
-            // Meanwhile, messages for the member are stale: drop them (raft resends).
+            // Meanwhile, messages for the member are dropped (the outbox is down).
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
+                if outbox.is_closed() {
+                    return;
+                }
                 tokio::select! {
                     _ = &mut sleep => break,
-                    m = rx.recv() => {
-                        if m.is_none() {
-                            return;
-                        }
-                    }
+                    _ = outbox.wake.notified() => {}
                 }
+            }
+            if outbox.is_closed() {
+                return;
             }
         }
     }
 
     /// Opens a raft stream to the first of the member's peer URLs that answers.
-    async fn connect(&self) -> std::result::Result<Box<dyn PeerIo>, String> {
+    async fn connect(&self) -> std::result::Result<RaftConn, String> {
         let mut errors = Vec::new();
         for url in &self.urls {
             match tokio::time::timeout(CONNECT_TIMEOUT, connect_raft(url, self.tls.as_ref())).await
@@ -488,36 +673,43 @@ impl Link {
         Err(errors.join("; "))
     }
 
-    /// Sends queued messages over one raft stream until it fails or the queue closes. Each
-    /// wake-up writes what is queued as one envelope frame, with one write; an idle stream
-    /// carries an empty frame every [`IDLE_FRAME`] so the receiver can tell it from a dead one.
-    async fn stream(&self, conn: Box<dyn PeerIo>, rx: &mut mpsc::Receiver<Message>) -> Ended {
-        let (mut rd, mut wr) = tokio::io::split(conn);
+    /// Writes what the outbox queues to one raft stream until it fails or the link closes.
+    /// Frames the raft loop wrote itself never meet this task. An idle stream carries an empty
+    /// frame every [`IDLE_FRAME`] so the receiver can tell it from a dead one.
+    async fn stream(
+        &self,
+        mut rd: Box<dyn AsyncRead + Unpin + Send>,
+        mut wr: RaftWriter,
+        outbox: &Outbox,
+    ) -> Ended {
         let refusal = read_refusal(&mut rd);
         tokio::pin!(refusal);
+        let mut idle = tokio::time::interval(IDLE_FRAME);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            tokio::select! {
-                r = &mut refusal => {
-                    if r == Error::Removed.to_string() {
-                        self.shared
-                            .removed
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    return Ended::Failed(r);
-                }
-                m = tokio::time::timeout(IDLE_FRAME, rx.recv()) => match m {
-                    Ok(None) => return Ended::Closed,
-                    Ok(Some(m)) => self.envelope(m, rx).encode_frame(&mut buf),
-                    Err(_) => buf.extend_from_slice(&0u32.to_be_bytes()),
-                },
+            if outbox.take(&mut buf).is_none() {
+                return Ended::Closed;
             }
-            let written = async {
-                wr.write_all(&buf).await?;
-                wr.flush().await
-            };
-            match tokio::time::timeout(IO_TIMEOUT, written).await {
+            if buf.is_empty() {
+                tokio::select! {
+                    r = &mut refusal => {
+                        if r == Error::Removed.to_string() {
+                            self.shared
+                                .removed
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return Ended::Failed(r);
+                    }
+                    _ = outbox.wake.notified() => continue,
+                    _ = idle.tick() => outbox.take_idle(&mut buf, &0u32.to_be_bytes()),
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+            }
+            match tokio::time::timeout(IO_TIMEOUT, wr.write_all(&buf)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Ended::Failed(format!("cannot write to the peer: {e}")),
                 Err(_) => {
@@ -528,29 +720,62 @@ impl Link {
             }
         }
     }
+}
 
-    /// `first` and whatever else is queued (up to [`MAX_ENVELOPE_BYTES`]) in one envelope.
-    fn envelope(&self, first: Message, rx: &mut mpsc::Receiver<Message>) -> RaftEnvelope {
-        let mut messages = Vec::new();
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.write_to_bytes() {
-                Ok(b) => {
-                    bytes += b.len();
-                    messages.push(b);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot encode a raft message; dropped"),
+/// An open raft stream, before it is split into its reading and writing halves.
+enum RaftConn {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<dyn PeerIo>),
+}
+
+/// The writing half of a raft stream.
+enum RaftWriter {
+    /// Shared with the raft loop, which writes to it directly (see [`Outbox::push`]).
+    Plain(Arc<tokio::net::tcp::OwnedWriteHalf>),
+    Tls(tokio::io::WriteHalf<Box<dyn PeerIo>>),
+}
+
+impl RaftConn {
+    fn split(self) -> (Box<dyn AsyncRead + Unpin + Send>, RaftWriter) {
+        match self {
+            RaftConn::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                (Box::new(rd), RaftWriter::Plain(Arc::new(wr)))
             }
-            if bytes < MAX_ENVELOPE_BYTES {
-                next = rx.try_recv().ok();
+            RaftConn::Tls(io) => {
+                let (rd, wr) = tokio::io::split(io);
+                (Box::new(rd), RaftWriter::Tls(wr))
             }
         }
-        RaftEnvelope {
-            cluster_id: self.cluster,
-            from: self.from,
-            to: self.to,
-            messages,
+    }
+}
+
+impl RaftWriter {
+    /// The socket the raft loop may write to itself.
+    fn direct(&self) -> Option<Arc<tokio::net::tcp::OwnedWriteHalf>> {
+        match self {
+            RaftWriter::Plain(w) => Some(w.clone()),
+            RaftWriter::Tls(_) => None,
+        }
+    }
+
+    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            RaftWriter::Plain(w) => {
+                while !buf.is_empty() {
+                    w.writable().await?;
+                    match w.try_write(buf) {
+                        Ok(n) => buf = &buf[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            RaftWriter::Tls(w) => {
+                w.write_all(buf).await?;
+                w.flush().await
+            }
         }
     }
 }
@@ -561,7 +786,7 @@ trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
 
 /// Opens a raft stream to the member at peer URL `url` (over `tls` for `https`).
-async fn connect_raft(url: &str, tls: Option<&Tls>) -> std::io::Result<Box<dyn PeerIo>> {
+async fn connect_raft(url: &str, tls: Option<&Tls>) -> std::io::Result<RaftConn> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -572,21 +797,23 @@ async fn connect_raft(url: &str, tls: Option<&Tls>) -> std::io::Result<Box<dyn P
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let mut conn: Box<dyn PeerIo> = if https {
+    if https {
         let tls = tls.ok_or_else(|| {
             std::io::Error::other(
                 "an https peer URL needs peer TLS (--peer-cert-file and --peer-key-file, or \
                  --peer-auto-tls)",
             )
         })?;
-        Box::new(tls.connect_raft(host, port).await?)
+        let mut conn: Box<dyn PeerIo> = Box::new(tls.connect_raft(host, port).await?);
+        conn.write_all(RAFT_MAGIC).await?;
+        conn.flush().await?;
+        Ok(RaftConn::Tls(conn))
     } else {
-        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        let mut tcp = tokio::net::TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        Box::new(tcp)
-    };
-    conn.write_all(RAFT_MAGIC).await?;
-    Ok(conn)
+        tcp.write_all(RAFT_MAGIC).await?;
+        Ok(RaftConn::Plain(tcp))
+    }
 }
 
 /// Waits for the receiver of a raft stream to refuse it (a length-prefixed reason, then the
@@ -1264,6 +1491,10 @@ mod tests {
         let (got, raft_rx) = stepped(raft_rx, 3).await;
         assert_eq!(got, vec![Some(1), Some(2), Some(3)]);
         assert!(transport.active_since(1).is_some());
+        // With the stream up and idle, the sender writes to its socket itself.
+        transport.send(vec![message(10), message(11)]);
+        let (got, raft_rx) = stepped(raft_rx, 2).await;
+        assert_eq!(got, vec![Some(10), Some(11)]);
 
         // gRPC on the same listener.
         let members = PeerClient::connect(url.clone())
@@ -1292,7 +1523,9 @@ mod tests {
         assert_eq!(got, vec![Some(4)]);
 
         // An envelope from another cluster is refused with the reason; nothing is delivered.
-        let mut conn = connect_raft(&url, None).await.unwrap();
+        let RaftConn::Plain(mut conn) = connect_raft(&url, None).await.unwrap() else {
+            panic!("an http URL gave a TLS stream");
+        };
         let mut frame = Vec::new();
         RaftEnvelope {
             cluster_id: 8,
