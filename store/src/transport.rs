@@ -1380,7 +1380,7 @@ pub async fn fetch_members(peer_urls: &[String], tls: Option<&Tls>) -> Result<(u
 }
 
 /// Serves the peer service on `listener` (over `tls` for an `https` peer URL) until `shutdown`
-/// resolves: raft streams (told apart by [`RAFT_MAGIC`], or on TLS by
+/// resolves: raft streams (told apart by `RAFT_MAGIC`, or on TLS by
 /// [`crate::tls::RAFT_ALPN`]) on tasks of their own, everything else as gRPC.
 pub async fn serve_peers(
     listener: TcpListener,
