@@ -135,17 +135,27 @@ pub fn load<T>(table: &T, overlay: Option<&OverlayView>, rev: Rev) -> Result<Key
 where
     T: ReadableTable<RevKey, &'static [u8]>,
 {
-    if let Some(bytes) = overlay.and_then(|o| o.get(rev.key())) {
-        return decode_stored(rev.main, bytes);
-    }
-    let v = table.get(rev.key())?.ok_or_else(|| {
+    load_opt(table, overlay, rev)?.ok_or_else(|| {
         Error::Storage(format!(
             "revision {}_{} is in the key index but not in the database; restart the member to \
              rebuild the index",
             rev.main, rev.sub
         ))
-    })?;
-    decode_stored(rev.main, v.value())
+    })
+}
+
+/// The version at `rev`, looked up as [`load`] does; `None` when neither holds it.
+pub fn load_opt<T>(table: &T, overlay: Option<&OverlayView>, rev: Rev) -> Result<Option<KeyValue>>
+where
+    T: ReadableTable<RevKey, &'static [u8]>,
+{
+    if let Some(bytes) = overlay.and_then(|o| o.get(rev.key())) {
+        return decode_stored(rev.main, bytes).map(Some);
+    }
+    match table.get(rev.key())? {
+        Some(v) => decode_stored(rev.main, v.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Reads keys of `interval` as of revision `rev` (already resolved by [`resolve_rev`]).

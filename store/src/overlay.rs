@@ -83,14 +83,16 @@ impl Overlay {
     }
 
     /// After a Ready applied into the open transaction: its versions (`rows`) join the view,
-    /// and the revisions move on to `revs`.
-    pub fn applied(&self, revs: Revs, rows: Chunk) {
+    /// and the revisions move on to `revs`. Returns how many chunks (Readies) the view holds.
+    pub fn applied(&self, revs: Revs, rows: Chunk) -> usize {
         let mut view = self.lock();
         let mut chunks = view.chunks.clone();
         if !rows.is_empty() {
             chunks.push(Arc::new(rows));
         }
+        let n = chunks.len();
         *view = Arc::new(OverlayView { revs, chunks });
+        n
     }
 
     /// After the transaction holding every version of the view was committed (or when the

@@ -998,16 +998,19 @@ impl Driver {
                     must_commit |= b.must_commit;
                 }
                 let durable = self.state_sync_due();
-                if must_commit
-                    || durable
-                    || self.backend.overlay().view().chunks() >= MAX_OVERLAY_CHUNKS
-                {
+                if must_commit || durable {
                     self.commit_state(wtx, durable)?;
                 } else {
                     // Readers see the versions through the overlay until the batch commits.
-                    self.batch = Some(wtx);
-                    if applied.is_some() || applied_more.is_some() {
-                        self.backend.overlay().applied(self.revs, rows);
+                    let chunks = if applied.is_some() || applied_more.is_some() {
+                        self.backend.overlay().applied(self.revs, rows)
+                    } else {
+                        0
+                    };
+                    if chunks >= MAX_OVERLAY_CHUNKS {
+                        self.commit_state(wtx, false)?;
+                    } else {
+                        self.batch = Some(wtx);
                     }
                 }
             }

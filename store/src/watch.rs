@@ -199,13 +199,7 @@ impl WatchHub {
             // The previous version: the newest one of this key before `rev`, unless deleted.
             // The index holds it as long as it is not compacted, and then so does the view.
             let prev = match index.newest_at(&kv.key, rev - 1) {
-                Some(p) if !p.tombstone => match overlay.get(p.key()) {
-                    Some(pv) => Some(decode_stored(p.main, pv)?),
-                    None => match table.get(p.key())? {
-                        Some(pv) => Some(decode_stored(p.main, pv.value())?),
-                        None => None,
-                    },
-                },
+                Some(p) if !p.tombstone => crate::mvcc::load_opt(&table, Some(&overlay), p)?,
                 _ => None,
             };
             let e = Event {
