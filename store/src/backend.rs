@@ -20,15 +20,15 @@
 //! key-value semantics (that is `mvcc`) or raft semantics (that is `raft`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 use crate::index::KeyIndex;
-use crate::mvcc::Revs;
-use crate::overlay::Overlay;
+use crate::mvcc::{ReadSnapshot, Revs};
+use crate::overlay::{Overlay, OverlayView};
 
 /// Version of the on-disk layout. Bumped on any incompatible schema change (2: the raft log
 /// moved to the write-ahead log; 3: key-value versions keyed by revision only, with an
@@ -134,7 +134,11 @@ pub struct Backend {
     path: PathBuf,
     index: Arc<KeyIndex>,
     overlay: Overlay,
+    /// The read snapshot of the newest read and the overlay view it was opened with.
+    shared_read: Mutex<Option<SharedRead>>,
 }
+
+type SharedRead = (Arc<OverlayView>, Arc<ReadSnapshot>);
 
 impl Backend {
     /// Opens (or creates) the backend under `data_dir`, refusing dirs it cannot own.
@@ -164,6 +168,7 @@ impl Backend {
             path,
             index: Arc::default(),
             overlay: Overlay::default(),
+            shared_read: Mutex::new(None),
         };
         backend.init_schema()?;
         backend.load_index()?;
@@ -252,6 +257,23 @@ impl Backend {
         self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The read snapshot a read that took `overlay` may share: one opened with that same view
+    /// (every apply and every commit of the raft loop replaces the view).
+    pub fn shared_read(&self, overlay: &Arc<OverlayView>) -> Option<Arc<ReadSnapshot>> {
+        let shared = self.shared_read.lock().ok()?;
+        match &*shared {
+            Some((view, snapshot)) if Arc::ptr_eq(view, overlay) => Some(snapshot.clone()),
+            _ => None,
+        }
+    }
+
+    /// Offers `snapshot`, opened with `overlay`, to later reads.
+    pub fn share_read(&self, overlay: &Arc<OverlayView>, snapshot: &Arc<ReadSnapshot>) {
+        if let Ok(mut shared) = self.shared_read.lock() {
+            *shared = Some((overlay.clone(), snapshot.clone()));
+        }
+    }
+
     /// Defragments the file (etcd's `Defragment`): redb's compaction moves live pages to the
     /// front of the file and truncates it. Takes the write side of the lock, so transactions
     /// stop beginning (the raft loop included: a long defragmentation delays this member's
@@ -263,6 +285,10 @@ impl Backend {
         loop {
             {
                 let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+                // The shared read snapshot's transaction would stay open; none begins now.
+                if let Ok(mut shared) = self.shared_read.lock() {
+                    *shared = None;
+                }
                 // Transactions begun before we took the lock end by themselves; poll briefly
                 // while holding it. A thread that opens a second transaction while holding a
                 // first would wait for us, so let go now and then.

@@ -207,18 +207,45 @@ pub trait KvRead {
 /// A consistent read-only view of the key space: the versions the raft loop applied but has not
 /// committed (`overlay`) over one redb read transaction.
 pub struct ReadView {
-    revs_table: redb::ReadOnlyTable<RevKey, &'static [u8]>,
+    snapshot: Arc<ReadSnapshot>,
     overlay: Arc<OverlayView>,
     index: Arc<KeyIndex>,
+}
+
+/// The part of a [`ReadView`] read from one redb read transaction: its key-space table and the
+/// revisions the view is at. Reads that begin while the same overlay view is current share one
+/// ([`Backend::shared_read`]): nothing was applied meanwhile, so it is as current as a new one,
+/// and they skip beginning a transaction and opening its tables.
+pub struct ReadSnapshot {
+    revs_table: redb::ReadOnlyTable<RevKey, &'static [u8]>,
     revs: Revs,
 }
 
 impl ReadView {
     /// Opens the key space as of the last applied write.
     pub fn open(backend: &Backend) -> Result<Self> {
-        // The overlay first: what it lacks was committed before it was replaced, so the read
+        // The overlay first: what it lacks was committed before it was replaced, so a read
         // transaction begun after it sees that.
         let overlay = backend.overlay().view();
+        let snapshot = match backend.shared_read(&overlay) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(ReadSnapshot::open(backend, &overlay)?);
+                backend.share_read(&overlay, &s);
+                s
+            }
+        };
+        Ok(ReadView {
+            snapshot,
+            overlay,
+            index: Arc::clone(backend.index()),
+        })
+    }
+}
+
+impl ReadSnapshot {
+    /// Begins a read transaction, after `overlay` was taken.
+    fn open(backend: &Backend, overlay: &OverlayView) -> Result<Self> {
         let rtx = backend.db().begin_read()?;
         let meta = rtx.open_table(META)?;
         let current = meta.get(META_CURRENT_REV)?.map(|v| v.value()).unwrap_or(1) as i64;
@@ -228,10 +255,8 @@ impl ReadView {
             current: current.max(overlay.revs.current),
             compact: compact.max(overlay.revs.compact),
         };
-        Ok(ReadView {
+        Ok(ReadSnapshot {
             revs_table: rtx.open_table(KV_REVS)?,
-            overlay,
-            index: Arc::clone(backend.index()),
             revs,
         })
     }
@@ -239,7 +264,7 @@ impl ReadView {
 
 impl KvRead for ReadView {
     fn revs(&self) -> Revs {
-        self.revs
+        self.snapshot.revs
     }
     fn range_at(
         &self,
@@ -249,7 +274,7 @@ impl KvRead for ReadView {
         count_only: bool,
     ) -> Result<RangeResult> {
         range(
-            &self.revs_table,
+            &self.snapshot.revs_table,
             Some(&self.overlay),
             &self.index,
             interval,
@@ -610,14 +635,62 @@ mod tests {
     use crate::backend::Backend;
     use redb::ReadableTableMetadata;
 
+    /// Applies `f` and commits, then publishes the new view, as the raft loop does.
     fn with_write<T>(b: &Backend, f: impl FnOnce(&mut WriteTables<'_>) -> T) -> T {
         let wtx = b.db().begin_write().unwrap();
-        let out = {
+        let (out, revs) = {
             let mut t = WriteTables::open(&wtx, b.index()).unwrap();
-            f(&mut t)
+            (f(&mut t), t.revs())
         };
         wtx.commit().unwrap();
+        b.overlay().committed(revs);
         out
+    }
+
+    fn values(v: &ReadView) -> Vec<String> {
+        v.range_at(&KeyInterval::From(b""), v.revs().current, 0, false)
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn reads_share_a_snapshot_until_a_write_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        with_write(&b, |t| put(t, "a", "1"));
+        let first = ReadView::open(&b).unwrap();
+        let second = ReadView::open(&b).unwrap();
+        assert!(Arc::ptr_eq(&first.snapshot, &second.snapshot));
+        assert_eq!(values(&second), vec!["1"]);
+
+        // Applied, not committed: the overlay view changes, and new reads see the write.
+        let wtx = b.db().begin_write().unwrap();
+        {
+            let mut t = WriteTables::open(&wtx, b.index()).unwrap();
+            put(&mut t, "a", "2");
+            b.overlay().applied(t.revs(), t.take_rows());
+        }
+        let third = ReadView::open(&b).unwrap();
+        assert!(!Arc::ptr_eq(&first.snapshot, &third.snapshot));
+        assert_eq!(values(&third), vec!["2"]);
+        assert_eq!(third.revs().current, 3);
+        // Committed: again a new snapshot, reading the tables.
+        wtx.commit().unwrap();
+        b.overlay().committed(Revs {
+            current: 3,
+            compact: 0,
+        });
+        let fourth = ReadView::open(&b).unwrap();
+        assert!(!Arc::ptr_eq(&third.snapshot, &fourth.snapshot));
+        assert_eq!(values(&fourth), vec!["2"]);
+
+        // The snapshot kept for sharing does not hold up defragmentation.
+        drop((first, second, third, fourth));
+        b.defragment().unwrap();
+        assert_eq!(values(&ReadView::open(&b).unwrap()), vec!["2"]);
     }
 
     fn put(t: &mut WriteTables<'_>, k: &str, v: &str) -> i64 {
