@@ -65,6 +65,7 @@ impl OverlayView {
     }
 
     /// Number of Readies whose versions are not committed yet.
+    #[cfg(test)]
     pub fn chunks(&self) -> usize {
         self.chunks.len()
     }

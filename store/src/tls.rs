@@ -925,17 +925,21 @@ impl tower_service::Service<http::Uri> for PeerConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let config = self.config.clone();
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URL without a host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let stream = connect_tls(config, &host, port).await?;
+            let (host, port) = host_port(&uri, 443)?;
+            let stream = connect_tls(config, host, port).await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
+}
+
+/// The host (IPv6 brackets removed) and port of `uri`, `default_port` when it names none.
+pub fn host_port(uri: &http::Uri, default_port: u16) -> io::Result<(&str, u16)> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URL without a host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
 }
 
 /// A TCP connection to `host:port` (no Nagle delay) after the client handshake with `config`.

@@ -791,12 +791,7 @@ async fn connect_raft(url: &str, tls: Option<&Tls>) -> std::io::Result<RaftConn>
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let https = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let (host, port) = crate::tls::host_port(&uri, if https { 443 } else { 80 })?;
     if https {
         let tls = tls.ok_or_else(|| {
             std::io::Error::other(
@@ -1406,22 +1401,35 @@ pub async fn serve_peers(
         );
     let served = match tls {
         Some(tls) => {
-            let (tx, rx) = mpsc::channel(64);
             let incoming = crate::tls::peer_incoming(listener, tls);
-            tokio::spawn(route(incoming, tx, inbox, stop));
-            router
-                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-                .await
+            serve_routed(router, incoming, inbox, stop, shutdown).await
         }
         None => {
-            let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(route(TcpListenerStream::new(listener), tx, inbox, stop));
-            router
-                .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-                .await
+            let incoming = TcpListenerStream::new(listener);
+            serve_routed(router, incoming, inbox, stop, shutdown).await
         }
     };
     served.map_err(|e| Error::Raft(format!("peer listener {addr:?} failed: {e}")))
+}
+
+/// Serves `router` on the connections of `incoming` that [`route`] does not keep as raft
+/// streams, until `shutdown` resolves.
+async fn serve_routed<C>(
+    router: tonic::transport::server::Router,
+    incoming: impl futures::Stream<Item = std::io::Result<C>> + Send + 'static,
+    inbox: RaftInbox,
+    stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::result::Result<(), tonic::transport::Error>
+where
+    C: PeerConn + tonic::transport::server::Connected,
+    C::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(route(incoming, tx, inbox, stop));
+    router
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await
 }
 
 #[cfg(test)]
