@@ -20,6 +20,21 @@ pub enum Limit {
     Duration(Duration),
 }
 
+impl Limit {
+    /// Round `round` of this limit split into `rounds` (0-based): an equal share of the
+    /// requests (the first ones take the remainder; `None` for a share of none) or of the time.
+    pub fn part(self, rounds: usize, round: usize) -> Option<Limit> {
+        let rounds = rounds.max(1);
+        match self {
+            Limit::Total(n) => {
+                let share = n / rounds + usize::from(round < n % rounds);
+                (share > 0).then_some(Limit::Total(share))
+            }
+            Limit::Duration(d) => Some(Limit::Duration(d / rounds as u32)),
+        }
+    }
+}
+
 /// Latency samples of one run, sorted ascending.
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -40,6 +55,13 @@ impl Sample {
             elapsed,
             lat_us,
         }
+    }
+
+    /// The runs `a` and `b` as one: their requests, wall times and latencies added up.
+    pub fn merge(a: Sample, b: Sample) -> Sample {
+        let mut lat_us = a.lat_us;
+        lat_us.extend(b.lat_us);
+        Sample::new(a.ops + b.ops, a.elapsed + b.elapsed, lat_us)
     }
 
     /// Completed requests per second.
@@ -259,6 +281,32 @@ mod tests {
         assert_eq!(s.max(), 1.0);
         let empty = Sample::new(0, Duration::ZERO, vec![]);
         assert_eq!((empty.qps(), empty.pct(0.5), empty.max()), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn limits_split_into_rounds_and_samples_merge() {
+        let parts: Vec<_> = (0..4).map(|r| Limit::Total(30).part(4, r)).collect();
+        let totals: Vec<usize> = parts
+            .iter()
+            .map(|p| match p {
+                Some(Limit::Total(n)) => *n,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(totals, [8, 8, 7, 7]);
+        assert!(Limit::Total(2).part(4, 2).is_none());
+        assert!(matches!(
+            Limit::Duration(Duration::from_secs(2)).part(4, 3),
+            Some(Limit::Duration(d)) if d == Duration::from_millis(500)
+        ));
+        let a = Sample::new(2, Duration::from_secs(1), vec![3000, 1000]);
+        let b = Sample::new(2, Duration::from_secs(3), vec![2000, 4000]);
+        let m = Sample::merge(a, b);
+        assert_eq!(
+            (m.ops, m.elapsed, m.qps()),
+            (4, Duration::from_secs(4), 1.0)
+        );
+        assert_eq!(m.lat_us, [1000, 2000, 3000, 4000]);
     }
 
     #[test]

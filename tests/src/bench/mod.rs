@@ -19,9 +19,10 @@
 //! - `mem`: a fresh server loaded with `--mem-keys` keys of `--val-size` bytes: its resident
 //!   memory, data dir size, db size (`Status`), and the time from `kill -9` and a restart on the same data dir until a
 //!   linearizable read answers;
-//! - `put3`: a fresh 3-member cluster on loopback (same flags; with `--pin` every member on CPU
-//!   0), puts with `--clients` clients and with one, against the leader (`--target-leader`, on by
-//!   default) or spread over all members.
+//! - `put3`: a fresh 3-member cluster of each server on loopback (same flags; with `--pin` every
+//!   member on CPU 0), all running at once, puts with `--clients` clients and with one, against
+//!   the leader (`--target-leader`, on by default) or spread over all members. The servers take
+//!   turns; the one-client load runs in four rounds, in the order A B, B A, A B, B A.
 //!
 //! Every load runs `--total` requests (the one-client and lease-grant loads a tenth of it) or,
 //! with `--duration`, for that long. `--endpoints` drives servers that are already running (e.g.
@@ -318,10 +319,7 @@ pub fn run(args: Args) -> Result<Report> {
                 }
             }
             if args.wants("put3") {
-                for (ctx, &kind) in ctxs.iter().zip(kinds) {
-                    eprintln!("benchmarking a 3-member {} cluster...", ctx.server);
-                    rt.block_on(servers::run_cluster(ctx, kind, &mut rows))?;
-                }
+                rt.block_on(servers::run_clusters(ctxs, kinds, &mut rows))?;
             }
         }
     }

@@ -1,9 +1,13 @@
-//! The servers `concord-bench` drives: fresh one-member servers for the workloads (all kinds
-//! at once, taking turns per workload, or one after the other), a fresh one for the memory rows (load `--mem-keys` keys, read its resident memory, data dir
-//! size and reported db size, `kill -9` it and time its restart until a linearizable read answers), a fresh 3-member
-//! cluster for the `put3` rows, or endpoints that are already running (`--endpoints`). Servers
-//! are started and stopped only through the test harness ([`Server`], [`Cluster`]); this module
-//! never touches a process it did not start.
+//! The servers `concord-bench` drives, started and stopped only through the test harness
+//! ([`Server`], [`Cluster`]); this module never touches a process it did not start:
+//! - fresh one-member servers for the workloads (all kinds at once, taking turns per workload,
+//!   or one after the other);
+//! - a fresh one for the memory rows: load `--mem-keys` keys, read its resident memory, data dir
+//!   size and reported db size, `kill -9` it and time its restart until a linearizable read
+//!   answers;
+//! - a fresh 3-member cluster of every kind for the `put3` rows, all at once, taking turns per
+//!   load;
+//! - or endpoints that are already running (`--endpoints`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use concord_store::proto::etcdserverpb::{RangeRequest, kv_client::KvClient};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
-use super::load::channels;
+use super::load::{Sample, channels};
 use super::report::Row;
 use super::workloads::{Ctx, key, prefill, put_load, run_step, steps};
 use crate::{Cluster, Server, ServerKind};
@@ -254,29 +258,79 @@ pub async fn leader_of(endpoints: &[String]) -> Result<String> {
     bail!("none of {endpoints:?} is the leader")
 }
 
-/// The `put3` rows: a fresh 3-member cluster of `kind`, puts against its leader (or, with
-/// `--target-leader=false`, spread over all members).
-pub async fn run_cluster(ctx: &Ctx<'_>, kind: ServerKind, rows: &mut Vec<Row>) -> Result<()> {
-    let args = ctx.args;
-    let cluster = Cluster::start_with(kind, 3, SERVER_FLAGS)?;
-    for m in &cluster.members {
-        pin_server(ctx, m)?;
-    }
-    let leader = cluster.agreed_leader(&[0, 1, 2]).await?;
-    let (endpoints, to) = if args.target_leader {
-        (vec![cluster.members[leader].endpoint()], "to the leader")
-    } else {
-        (cluster.endpoints(), "to all members")
+/// The one-client `put3` load runs in this many rounds per server, taking turns in the order
+/// A B, B A, A B, B A: one such run is latency-bound and swings with the disk's state by more
+/// than the difference it measures, and neither server should always go first.
+const ONE_CLIENT_ROUNDS: usize = 4;
+
+/// The `put3` rows: a fresh 3-member cluster of every kind, all running at once, taking turns at
+/// each load (the one-client load in [`ONE_CLIENT_ROUNDS`] rounds), against the leader or, with
+/// `--target-leader=false`, spread over all members.
+pub async fn run_clusters(
+    ctxs: &[Ctx<'_>],
+    kinds: &[ServerKind],
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let Some(args) = ctxs.first().map(|c| c.args) else {
+        return Ok(());
     };
-    let chans = channels(&endpoints, args.conns.max(endpoints.len())).await?;
-    let s = put_load(ctx, &chans, args.clients, ctx.limit(args.total), "put3").await?;
-    rows.push(ctx.row(
-        "put3",
-        format!("put, 3 members, {to} ({} clients)", args.clients),
-        &s,
-    ));
-    let limit = ctx.limit(args.total / 10);
-    let s = put_load(ctx, &chans[..1], 1, limit, "put3 1 client").await?;
-    rows.push(ctx.row("put3-1", format!("put, 3 members, {to} (1 client)"), &s));
+    let mut running = Vec::new();
+    for (ctx, &kind) in ctxs.iter().zip(kinds) {
+        eprintln!("starting a 3-member {} cluster...", ctx.server);
+        let cluster = Cluster::start_with(kind, 3, SERVER_FLAGS)?;
+        for m in &cluster.members {
+            pin_server(ctx, m)?;
+        }
+        let leader = cluster.agreed_leader(&[0, 1, 2]).await?;
+        let endpoints = if args.target_leader {
+            vec![cluster.members[leader].endpoint()]
+        } else {
+            cluster.endpoints()
+        };
+        let chans = channels(&endpoints, args.conns.max(endpoints.len())).await?;
+        running.push((cluster, chans));
+    }
+    let to = if args.target_leader {
+        "to the leader"
+    } else {
+        "to all members"
+    };
+    for (ctx, (_, chans)) in ctxs.iter().zip(&running) {
+        eprintln!("{} put3 ({} clients)...", ctx.server, args.clients);
+        let s = put_load(ctx, chans, args.clients, ctx.limit(args.total), "put3").await?;
+        rows.push(ctx.row(
+            "put3",
+            format!("put, 3 members, {to} ({} clients)", args.clients),
+            &s,
+        ));
+    }
+    let mut merged: Vec<Option<Sample>> = vec![None; ctxs.len()];
+    for round in 0..ONE_CLIENT_ROUNDS {
+        let mut order: Vec<usize> = (0..ctxs.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (ctx, chans) = (&ctxs[i], &running[i].1);
+            eprintln!(
+                "{} put3 (1 client), round {} of {ONE_CLIENT_ROUNDS}...",
+                ctx.server,
+                round + 1
+            );
+            let Some(limit) = ctx.limit(args.total / 10).part(ONE_CLIENT_ROUNDS, round) else {
+                continue;
+            };
+            let s = put_load(ctx, &chans[..1], 1, limit, "put3 1 client").await?;
+            merged[i] = Some(match merged[i].take() {
+                Some(m) => Sample::merge(m, s),
+                None => s,
+            });
+        }
+    }
+    for (ctx, s) in ctxs.iter().zip(merged) {
+        if let Some(s) = s {
+            rows.push(ctx.row("put3-1", format!("put, 3 members, {to} (1 client)"), &s));
+        }
+    }
     Ok(())
 }
