@@ -21,8 +21,10 @@
 //!   linearizable read answers;
 //! - `put3`: a fresh 3-member cluster of each server on loopback (same flags; with `--pin` every
 //!   member on CPU 0), all running at once, puts with `--clients` clients and with one, against
-//!   the leader (`--target-leader`, on by default) or spread over all members. The servers take
-//!   turns; the one-client load runs in four rounds, in the order A B, B A, A B, B A.
+//!   the leader (`--target-leader`, on by default) or spread over all members.
+//!
+//! The servers take turns at every load; the one-client put loads (`put1`, and `put3`'s) run in
+//! four rounds, in the order A B, B A, A B, B A, each server's rounds merged into its row.
 //!
 //! Every load runs `--total` requests (the one-client and lease-grant loads a tenth of it) or,
 //! with `--duration`, for that long. `--endpoints` drives servers that are already running (e.g.

@@ -17,9 +17,12 @@ use concord_store::proto::etcdserverpb::{RangeRequest, kv_client::KvClient};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
-use super::load::{Sample, channels};
+use super::load::channels;
 use super::report::Row;
-use super::workloads::{Ctx, key, prefill, put_load, run_step, steps};
+use super::workloads::{
+    Ctx, ONE_CLIENT_ROUNDS, Step, key, one_client_rounds, prefill, put_load, put1_rows, run_step,
+    steps,
+};
 use crate::{Cluster, Server, ServerKind};
 
 /// Flags every benchmarked server (and cluster member) gets: a quota the runs cannot reach.
@@ -101,6 +104,11 @@ pub async fn run_servers(
     let t0 = Instant::now();
     if let Some(ctx) = ctxs.first() {
         for step in steps(ctx.args) {
+            if step == Step::Put1 {
+                eprintln!("put1 ({ONE_CLIENT_ROUNDS} rounds)...");
+                put1_rows(&first_conns(ctxs, &running), rows).await?;
+                continue;
+            }
             for (ctx, (_, chans)) in ctxs.iter().zip(&running) {
                 eprintln!("{} {step:?}...", ctx.server);
                 run_step(ctx, chans, step, t0, rows).await?;
@@ -132,6 +140,17 @@ pub async fn run_servers(
         ));
     }
     Ok(())
+}
+
+/// Every server's context with the first of its connections, for the one-client loads.
+fn first_conns<'c, 'a, T>(
+    ctxs: &'c [Ctx<'a>],
+    running: &'c [(T, Vec<Channel>)],
+) -> Vec<(&'c Ctx<'a>, &'c Channel)> {
+    ctxs.iter()
+        .zip(running)
+        .map(|(ctx, (_, chans))| (ctx, &chans[0]))
+        .collect()
 }
 
 /// The memory rows on a fresh server of `kind`: load `--mem-keys` keys of `--val-size` bytes,
@@ -258,11 +277,6 @@ pub async fn leader_of(endpoints: &[String]) -> Result<String> {
     bail!("none of {endpoints:?} is the leader")
 }
 
-/// The one-client `put3` load runs in this many rounds per server, taking turns in the order
-/// A B, B A, A B, B A: one such run is latency-bound and swings with the disk's state by more
-/// than the difference it measures, and neither server should always go first.
-const ONE_CLIENT_ROUNDS: usize = 4;
-
 /// The `put3` rows: a fresh 3-member cluster of every kind, all running at once, taking turns at
 /// each load (the one-client load in [`ONE_CLIENT_ROUNDS`] rounds), against the leader or, with
 /// `--target-leader=false`, spread over all members.
@@ -304,33 +318,10 @@ pub async fn run_clusters(
             &s,
         ));
     }
-    let mut merged: Vec<Option<Sample>> = vec![None; ctxs.len()];
-    for round in 0..ONE_CLIENT_ROUNDS {
-        let mut order: Vec<usize> = (0..ctxs.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
-            let (ctx, chans) = (&ctxs[i], &running[i].1);
-            eprintln!(
-                "{} put3 (1 client), round {} of {ONE_CLIENT_ROUNDS}...",
-                ctx.server,
-                round + 1
-            );
-            let Some(limit) = ctx.limit(args.total / 10).part(ONE_CLIENT_ROUNDS, round) else {
-                continue;
-            };
-            let s = put_load(ctx, &chans[..1], 1, limit, "put3 1 client").await?;
-            merged[i] = Some(match merged[i].take() {
-                Some(m) => Sample::merge(m, s),
-                None => s,
-            });
-        }
-    }
+    let targets = first_conns(ctxs, &running);
+    let merged = one_client_rounds(&targets, args.total / 10, "put3 1 client").await?;
     for (ctx, s) in ctxs.iter().zip(merged) {
-        if let Some(s) = s {
-            rows.push(ctx.row("put3-1", format!("put, 3 members, {to} (1 client)"), &s));
-        }
+        rows.push(ctx.row("put3-1", format!("put, 3 members, {to} (1 client)"), &s));
     }
     Ok(())
 }

@@ -128,6 +128,49 @@ pub async fn put_load(
     .await
 }
 
+/// The one-client put loads run in this many rounds per server, the servers taking turns in the
+/// order A B, B A, A B, B A: such a load is latency-bound and swings with the disk's state by
+/// more than the difference it measures, and neither server should always go first.
+pub const ONE_CLIENT_ROUNDS: usize = 4;
+
+/// The one-client put load (`total` requests, or `--duration`) on every target (a server and its
+/// connection) in [`ONE_CLIENT_ROUNDS`] rounds; one merged sample per target.
+pub async fn one_client_rounds(
+    targets: &[(&Ctx<'_>, &Channel)],
+    total: usize,
+    what: &str,
+) -> Result<Vec<Sample>> {
+    let mut merged: Vec<Option<Sample>> = vec![None; targets.len()];
+    for round in 0..ONE_CLIENT_ROUNDS {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (ctx, chan) = targets[i];
+            let Some(limit) = ctx.limit(total).part(ONE_CLIENT_ROUNDS, round) else {
+                continue;
+            };
+            if targets.len() > 1 {
+                eprintln!(
+                    "{} {what}, round {} of {ONE_CLIENT_ROUNDS}...",
+                    ctx.server,
+                    round + 1
+                );
+            }
+            let s = put_load(ctx, std::slice::from_ref(chan), 1, limit, what).await?;
+            merged[i] = Some(match merged[i].take() {
+                Some(m) => Sample::merge(m, s),
+                None => s,
+            });
+        }
+    }
+    Ok(merged
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Sample::new(0, Default::default(), Vec::new())))
+        .collect())
+}
+
 /// Writes keys `0..count` once each (the range workloads' key space, or the memory load).
 pub async fn prefill(ctx: &Ctx<'_>, chans: &[Channel], count: usize, what: &str) -> Result<Sample> {
     let a = Arc::new(ctx.args.clone());
@@ -444,6 +487,18 @@ pub fn steps(args: &Args) -> Vec<Step> {
     out
 }
 
+/// The `put1` rows of every target (a server and its first connection), taking turns in rounds.
+pub async fn put1_rows(targets: &[(&Ctx<'_>, &Channel)], rows: &mut Vec<Row>) -> Result<()> {
+    let Some(args) = targets.first().map(|(c, _)| c.args) else {
+        return Ok(());
+    };
+    let samples = one_client_rounds(targets, args.total / 10, "put1").await?;
+    for ((ctx, _), s) in targets.iter().zip(samples) {
+        rows.push(ctx.row("put1", "put (1 client)".to_owned(), &s));
+    }
+    Ok(())
+}
+
 /// Runs `step` over `chans`, appending its rows. `t0` is the watch load's clock.
 pub async fn run_step(
     ctx: &Ctx<'_>,
@@ -463,10 +518,7 @@ pub async fn run_step(
             let s = put_load(ctx, chans, args.clients, ctx.limit(args.total), "put").await?;
             rows.push(ctx.row("put", format!("put ({} clients)", args.clients), &s));
         }
-        Step::Put1 => {
-            let s = put_load(ctx, &chans[..1], 1, ctx.limit(args.total / 10), "put1").await?;
-            rows.push(ctx.row("put1", "put (1 client)".to_owned(), &s));
-        }
+        Step::Put1 => put1_rows(&[(ctx, &chans[0])], rows).await?,
         Step::Prefill => {
             prefill(ctx, chans, args.key_space_size, "prefill").await?;
         }
