@@ -144,6 +144,12 @@ pub struct Config {
     pub snapshot_count: u64,
     /// `--experimental-snapshot-catchup-entries`; 0 means the default (5000), as in etcd.
     pub snapshot_catchup_entries: u64,
+    /// `--backend-batch-interval`: the longest applied changes wait before the state is made
+    /// durable; zero means the default (100 ms), as in etcd.
+    pub backend_batch_interval: Duration,
+    /// `--backend-batch-limit`: the most applied entries before the state is made durable; 0
+    /// means the default (10000), as in etcd, and a negative limit makes every apply durable.
+    pub backend_batch_limit: i64,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     /// One of `debug`, `info`, `warn`, `error`, `dpanic`, `panic`, `fatal` (lower case).
@@ -196,6 +202,8 @@ impl Default for Config {
             auto_compaction_retention: AutoCompactionRetention::Disabled,
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
+            backend_batch_interval: Duration::ZERO,
+            backend_batch_limit: 0,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             log_level: "info".to_owned(),
@@ -1480,6 +1488,10 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
         auto_compaction_retention: retention,
         snapshot_count: values.uint("snapshot-count"),
         snapshot_catchup_entries: values.uint("experimental-snapshot-catchup-entries"),
+        backend_batch_interval: Duration::from_nanos(
+            values.nanos("backend-batch-interval").max(0) as u64
+        ),
+        backend_batch_limit: values.int("backend-batch-limit"),
         heartbeat_interval: Duration::from_millis(tick_ms),
         election_timeout: Duration::from_millis(election_ms),
         log_level,
@@ -2376,6 +2388,24 @@ mod tests {
                 args: &[],
                 env: &[("ETCDCTL_API", "3"), ("PATH", "/bin")],
                 check: |c| assert_eq!(c.name, "default"),
+            },
+            TestCase {
+                name: "backend batching defaults",
+                args: &[],
+                env: &[],
+                check: |c| {
+                    assert_eq!(c.backend_batch_interval, Duration::ZERO);
+                    assert_eq!(c.backend_batch_limit, 0);
+                },
+            },
+            TestCase {
+                name: "backend batching flags and variables",
+                args: &["--backend-batch-interval=250ms"],
+                env: &[("ETCD_BACKEND_BATCH_LIMIT", "-1")],
+                check: |c| {
+                    assert_eq!(c.backend_batch_interval, Duration::from_millis(250));
+                    assert_eq!(c.backend_batch_limit, -1);
+                },
             },
             TestCase {
                 name: "lease checkpoint defaults",

@@ -238,6 +238,14 @@ pub fn server_config(
                 }
                 n => n,
             },
+            state_sync_interval: match cfg.backend_batch_interval {
+                Duration::ZERO => crate::raft::DEFAULT_STATE_SYNC_INTERVAL,
+                d => d,
+            },
+            state_sync_entries: match cfg.backend_batch_limit {
+                0 => crate::raft::DEFAULT_STATE_SYNC_ENTRIES,
+                n => n.max(1) as u64,
+            },
         },
     }
 }

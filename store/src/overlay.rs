@@ -2,9 +2,9 @@
 //! backend's batch transaction).
 //!
 //! The raft loop applies entries into one redb write transaction that it keeps open across
-//! Readies and commits only every 100 ms (etcd's default `--backend-batch-interval`), or
-//! sooner when an entry changed something other than the key space. Readers cannot see an open transaction, so the loop
-//! publishes here, after each Ready, the versions it wrote and the store revisions they reached.
+//! Readies and commits only every `--backend-batch-interval` (100 ms by default, as etcd's) or
+//! `--backend-batch-limit` entries, or sooner when an entry changed something other than the
+//! key space. Readers cannot see an open transaction, so the loop publishes here, after each Ready, the versions it wrote and the store revisions they reached.
 //! A reader takes the [`OverlayView`] first and begins its read transaction second: any version
 //! missing from the view was committed before the view was replaced, so the transaction sees
 //! it. The loop replaces the view with an empty one only after its commit returns.

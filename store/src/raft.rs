@@ -29,7 +29,7 @@
 //! it commits (the light ready's) are applied to the state (`store.redb`) in a transaction that
 //! stays open across Readies while they only change the key space: readers see those versions
 //! through the backend's overlay (`overlay`, published after the log append). It is committed,
-//! and synced, every [`STATE_SYNC_INTERVAL`] or [`STATE_SYNC_ENTRIES`] (etcd's backend
+//! and synced, every `--backend-batch-interval` or `--backend-batch-limit` (etcd's backend
 //! batching), and at once (not synced) when an entry changed anything read from the committed
 //! tables alone (leases, auth, alarms, members, compaction) or a maintenance task asks
 //! ([`Msg::Commit`]). The applied index and its term travel with the effects, so a restart
@@ -75,10 +75,11 @@ use crate::watch::WatchHub;
 /// is 0 (etcd's `DefaultSnapshotCatchUpEntries`).
 pub const DEFAULT_CATCH_UP_ENTRIES: u64 = 5000;
 /// The state is made durable at least this often while it changes (etcd's default
-/// `--backend-batch-interval`).
-const STATE_SYNC_INTERVAL: Duration = Duration::from_millis(100);
-/// ... or after this many applied entries (etcd's default `--backend-batch-limit`).
-const STATE_SYNC_ENTRIES: u64 = 10_000;
+/// `--backend-batch-interval`; [`RaftConfig::state_sync_interval`]).
+pub const DEFAULT_STATE_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// ... or after this many applied entries (etcd's default `--backend-batch-limit`;
+/// [`RaftConfig::state_sync_entries`]).
+pub const DEFAULT_STATE_SYNC_ENTRIES: u64 = 10_000;
 /// The state transaction commits (not durably) once this many Readies' versions wait for it
 /// in the overlay, which readers search chunk by chunk.
 const MAX_OVERLAY_CHUNKS: usize = 256;
@@ -101,6 +102,11 @@ pub struct RaftConfig {
     /// Entries kept in the log after a compaction, so slow followers can catch up from the log
     /// rather than by snapshot (etcd's `--experimental-snapshot-catchup-entries`).
     pub catch_up_entries: u64,
+    /// The applied state is made durable at least this often while it changes
+    /// (`--backend-batch-interval`) ...
+    pub state_sync_interval: Duration,
+    /// ... or once this many entries were applied since it last was (`--backend-batch-limit`).
+    pub state_sync_entries: u64,
 }
 
 impl RaftConfig {
@@ -673,7 +679,7 @@ struct Driver {
     removed: bool,
     /// The state transaction entries are applied into, kept open across Readies while they
     /// change the key space only (readers see those through the backend's overlay), and
-    /// committed every [`STATE_SYNC_INTERVAL`] or when an entry changed anything else.
+    /// committed every `state_sync_interval` or when an entry changed anything else.
     batch: Option<WriteTransaction>,
     /// Store revisions as of the last applied entry (published with the overlay).
     revs: Revs,
@@ -1215,12 +1221,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Whether the next state commit should be durable: [`STATE_SYNC_INTERVAL`] passed or
-    /// [`STATE_SYNC_ENTRIES`] applied since the last durable one (etcd's backend batch
+    /// Whether the next state commit should be durable: `state_sync_interval` passed or
+    /// `state_sync_entries` applied since the last durable one (etcd's backend batch
     /// interval and limit).
     fn state_sync_due(&self) -> bool {
-        self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
-            || self.applied - self.durable_applied >= STATE_SYNC_ENTRIES
+        self.last_state_sync.elapsed() >= self.cfg.state_sync_interval
+            || self.applied - self.durable_applied >= self.cfg.state_sync_entries
     }
 
     /// The state transaction of the current Ready, begun on first use.
@@ -1247,11 +1253,11 @@ impl Driver {
         Ok(())
     }
 
-    /// Makes applied state durable once it has waited [`STATE_SYNC_INTERVAL`] with no write to
+    /// Makes applied state durable once it has waited `state_sync_interval` with no write to
     /// carry it, so the log can be compacted behind it.
     fn sync_state(&mut self) -> Result<()> {
         if self.applied > self.durable_applied
-            && self.last_state_sync.elapsed() >= STATE_SYNC_INTERVAL
+            && self.last_state_sync.elapsed() >= self.cfg.state_sync_interval
         {
             let wtx = match self.batch.take() {
                 Some(wtx) => wtx,
@@ -1393,6 +1399,8 @@ mod tests {
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100,
             catch_up_entries: 10,
+            state_sync_interval: DEFAULT_STATE_SYNC_INTERVAL,
+            state_sync_entries: DEFAULT_STATE_SYNC_ENTRIES,
         }
     }
 

@@ -5,13 +5,18 @@
 //!
 //! Runs against concord, plus the same scenario against etcd 3.5.16 as a smoke test of the
 //! harness. Kills servers, so nextest runs it in the `serial` group (`.config/nextest.toml`).
+//!
+//! Also: `--backend-batch-interval` and `--backend-batch-limit` decide how far the state on disk
+//! may lag the log, that is, how much a restart after `kill -9` replays.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use concord_tests::ledger::{Ledger, verify, writer};
+use concord_store::proto::etcdserverpb::{PutRequest, RangeRequest, kv_client::KvClient};
+use concord_tests::cluster::status;
+use concord_tests::ledger::{Ledger, channel, verify, writer};
 use concord_tests::{Server, ServerKind, random_u64};
 
 const PREFIX: &str = "durability/";
@@ -88,4 +93,103 @@ fn kill9_keeps_acknowledged_writes_concord() -> Result<()> {
 #[test]
 fn kill9_keeps_acknowledged_writes_etcd35() -> Result<()> {
     kill9_keeps_acknowledged_writes(ServerKind::Etcd35)
+}
+
+/// The applied index a restarted concord loaded its state at (its "loaded raft log" line).
+fn loaded_applied_index(server: &Server) -> Result<u64> {
+    let log = std::fs::read_to_string(server.stderr_path())?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("loaded raft log from data dir"))
+        .context("no \"loaded raft log\" line in the server log")?;
+    // Drop terminal colour codes, then read `applied=N`.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let digits: String = plain
+        .split("applied=")
+        .nth(1)
+        .context("no applied= field")?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Ok(digits.parse()?)
+}
+
+/// Puts `PUTS` keys, reads the applied index, kills the server and restarts it: returns how many
+/// applied entries the restart had to replay from the log, after checking every key is there.
+fn replayed_after_kill9(flags: &[&str]) -> Result<u64> {
+    const PUTS: usize = 40;
+    let mut server = Server::builder(ServerKind::Concord).args(flags).start()?;
+    let endpoint = server.endpoint();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let applied = rt.block_on(async {
+        let mut kv = KvClient::new(channel(&endpoint)?);
+        for i in 0..PUTS {
+            kv.put(PutRequest {
+                key: format!("batch/{i:03}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        // Long enough for an idle 100 ms interval to make the state durable.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::Ok(status(&endpoint).await?.raft_applied_index)
+    })?;
+    server.kill9()?;
+    server.restart()?;
+    let loaded = loaded_applied_index(&server)?;
+    let count = rt.block_on(async {
+        let mut kv = KvClient::new(channel(&endpoint)?);
+        let r = kv
+            .range(RangeRequest {
+                key: b"batch/".to_vec(),
+                range_end: b"batch0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await?;
+        anyhow::Ok(r.into_inner().count)
+    })?;
+    ensure!(
+        count == PUTS as i64,
+        "{count} of {PUTS} keys after the restart"
+    );
+    server.stop()?;
+    ensure!(
+        loaded <= applied,
+        "loaded {loaded} past the applied {applied}"
+    );
+    Ok(applied - loaded)
+}
+
+#[test]
+fn backend_batch_flags_bound_what_a_restart_replays_concord() -> Result<()> {
+    // The default: an idle interval of 100 ms makes everything applied durable.
+    let replayed = replayed_after_kill9(&[])?;
+    ensure!(replayed == 0, "default flags: replayed {replayed} entries");
+    // No durable state commit for an hour nor for a million entries: all 40 puts replay.
+    let replayed = replayed_after_kill9(&[
+        "--backend-batch-interval=1h",
+        "--backend-batch-limit=1000000",
+    ])?;
+    ensure!(
+        replayed >= 40,
+        "long batches: replayed only {replayed} entries"
+    );
+    // Every 5 entries, however long the interval.
+    let replayed =
+        replayed_after_kill9(&["--backend-batch-interval=1h", "--backend-batch-limit=5"])?;
+    ensure!(replayed < 5, "batches of 5: replayed {replayed} entries");
+    Ok(())
 }
