@@ -55,10 +55,7 @@ fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(tracing_level(&loaded.config.log_level))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(filter);
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -67,6 +64,15 @@ fn main() {
         eprintln!("concord: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs to stderr, in colour only when it is a terminal (a log file or a pipe gets plain text).
+fn init_logging(filter: tracing_subscriber::EnvFilter) {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn run(cfg: config::Config) -> anyhow::Result<()> {
@@ -146,14 +152,10 @@ fn snapshot_command(args: Vec<std::ffi::OsString>) -> i32 {
             return if e.use_stderr() { 1 } else { 0 };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
     let SnapshotCommand::Restore {
         filename,
         data_dir,
