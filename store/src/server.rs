@@ -110,6 +110,8 @@ pub struct EtcdServer {
     next_id: AtomicU64,
     /// Users, roles, tokens and permission checks (see `auth`).
     auth: crate::auth::AuthStore,
+    /// What the HTTP health endpoints answered, for `/metrics`.
+    health: crate::api::http::HealthCounts,
 }
 
 impl EtcdServer {
@@ -151,7 +153,13 @@ impl EtcdServer {
             transport,
             next_id: AtomicU64::new(seed),
             auth,
+            health: Default::default(),
         }))
+    }
+
+    /// What the HTTP health endpoints of this member answered so far.
+    pub fn health_counts(&self) -> &crate::api::http::HealthCounts {
+        &self.health
     }
 
     /// The auth store of this member.

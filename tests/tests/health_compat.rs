@@ -89,6 +89,18 @@ fn registries_on_a_healthy_member(kind: ServerKind) -> Result<()> {
             "{kind:?}: {path}: {code} {body:?}"
         );
     }
+    // Every check's last result and how often each result came, as etcd's metrics name them.
+    let (_, metrics) = get("/metrics")?;
+    for want in [
+        r#"etcd_server_healthcheck{name="serializable_read",type="livez"} 1"#,
+        r#"etcd_server_healthcheck{name="linearizable_read",type="readyz"} 1"#,
+        r#"etcd_server_healthchecks_total{name="data_corruption",status="success",type="readyz"} "#,
+    ] {
+        ensure!(
+            metrics.lines().any(|l| l.starts_with(want)),
+            "{kind:?}: no {want} in /metrics"
+        );
+    }
     for path in ["/livez", "/readyz/linearizable_read"] {
         let r = http_request(addr, "POST", path, TIMEOUT)?;
         ensure!(

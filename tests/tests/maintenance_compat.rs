@@ -5,8 +5,9 @@
 //!   both servers, at several revisions; on a 3-member concord cluster every member agrees
 //!   (`endpoint hashkv --cluster`) and `defrag --cluster` works;
 //! - NOSPACE: with a tiny `--quota-backend-bytes`, writes fail with etcd's error, `alarm list`
-//!   shows the alarm, reads still work, and after delete, compact, `defrag` and `alarm disarm`
-//!   writes work again;
+//!   shows the alarm, `/health` answers `ALARM NOSPACE` (unless `?exclude=NOSPACE`) and counts
+//!   its answers in `/metrics`, reads still work, and after delete, compact, `defrag` and `alarm
+//!   disarm` writes work again;
 //! - snapshots: `etcdctl snapshot save`, then a restore into a new member of a new cluster
 //!   (`etcdutl snapshot restore` for etcd, `concord snapshot restore` for concord, same flags),
 //!   which holds the same keys, revisions and HashKV, under a new cluster id.
@@ -22,7 +23,9 @@ use concord_store::proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
     RequestOp, TxnRequest, kv_client::KvClient, lease_client::LeaseClient, request_op,
 };
-use concord_tests::{Cluster, CtlOutput, Etcdctl, Normalizer, Server, ServerKind, line_diff};
+use concord_tests::{
+    Cluster, CtlOutput, Etcdctl, Normalizer, Server, ServerKind, http_get, line_diff,
+};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -204,6 +207,55 @@ fn outcome(out: &CtlOutput) -> String {
     )
 }
 
+/// `/health` answers for each query (status, content type and body), and by how much they
+/// moved `etcd_server_health_success` and `etcd_server_health_failures`.
+fn health_answers(server: &Server, queries: &[&str]) -> Result<String> {
+    let addr = server.client_addr();
+    let counts = || -> Result<(f64, f64)> {
+        let (_, body) = http_get(addr, "/metrics", Duration::from_secs(5))?;
+        let value = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .with_context(|| format!("no {name} in /metrics"))
+        };
+        Ok((
+            value("etcd_server_health_success")?,
+            value("etcd_server_health_failures")?,
+        ))
+    };
+    let before = counts()?;
+    let mut t = String::new();
+    for q in queries {
+        let r = concord_tests::server::http_request(
+            addr,
+            "GET",
+            &format!("/health{q}"),
+            Duration::from_secs(10),
+        )?;
+        let content_type = r
+            .head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        t.push_str(&format!(
+            "GET /health{q}: {} ({content_type}) {}\n",
+            r.code,
+            r.body.trim_end()
+        ));
+    }
+    let after = counts()?;
+    t.push_str(&format!(
+        "health_success +{}, health_failures +{}\n",
+        after.0 - before.0,
+        after.1 - before.1
+    ));
+    Ok(t)
+}
+
 fn nospace_transcript(kind: ServerKind) -> Result<String> {
     let server = Server::builder(kind)
         .arg("--quota-backend-bytes=1048576")
@@ -229,6 +281,17 @@ fn nospace_transcript(kind: ServerKind) -> Result<String> {
         Ok(())
     };
     step(&mut t, &["alarm", "list"])?;
+    t.push_str(&health_answers(
+        &server,
+        &[
+            "",
+            "?exclude=NOSPACE",
+            "?serializable=true",
+            "?exclude=NOSPACE&serializable=true",
+            "?exclude=CORRUPT&exclude=NOSPACE",
+            "?exclude=",
+        ],
+    )?);
     step(&mut t, &["get", "big/000", "--keys-only"])?;
     step(&mut t, &["put", "small", "v"])?;
     let deleted = ctl(&ep, &["del", "big/", "--prefix", "-w", "json"])?;
@@ -242,6 +305,7 @@ fn nospace_transcript(kind: ServerKind) -> Result<String> {
     step(&mut t, &["alarm", "list"])?;
     step(&mut t, &["put", "small", "v"])?;
     step(&mut t, &["get", "small", "--print-value-only"])?;
+    t.push_str(&health_answers(&server, &["", "?serializable=true"])?);
     Ok(norm.apply(&t))
 }
 

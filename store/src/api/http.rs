@@ -8,11 +8,17 @@
 //! `?verbose` lists every result (`[+]name ok`) before `ok`. A failure answers 503 with every
 //! result (`[-]name failed: <error>`); methods other than GET answer 405.
 //!
+//! `/health` is etcd 3.5's: unhealthy while an alarm is active (`ALARM NOSPACE`, `ALARM
+//! CORRUPT`) unless `?exclude=<alarm>` names it, or without a leader (`RAFT NO LEADER`), or when
+//! a one-key range fails (`RANGE ERROR:<error>`). `?serializable=true` skips the leader check
+//! and reads serializably: the member's own health, as liveness probes want.
+//!
 //! Metric names are etcd's where etcd has the metric. Values are read from the server at scrape
-//! time; this module keeps no counters of its own.
+//! time, except what the health endpoints answered ([`HealthCounts`], kept by the server).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -20,6 +26,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -43,37 +50,193 @@ pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
 
 fn health_and_metrics() -> Router<Arc<EtcdServer>> {
     let router = Router::new()
-        .route("/health", get(health))
+        .route("/health", any(health))
         .route("/metrics", get(metrics));
     let router = registry_routes(router, "/livez", LIVEZ);
     registry_routes(router, "/readyz", READYZ)
 }
 
-/// etcd's health check: a leader exists and a linearizable read succeeds.
-async fn check(server: &EtcdServer) -> Result<(), String> {
-    if server.raft_status().leader == 0 {
+/// What the health endpoints answered: etcd's `etcd_server_health_success` and
+/// `etcd_server_health_failures` (`/health`), and per registry check (`/livez`, `/readyz`) its
+/// last result (`etcd_server_healthcheck`) and how often each result came
+/// (`etcd_server_healthchecks_total`).
+#[derive(Debug, Default)]
+pub struct HealthCounts {
+    success: AtomicU64,
+    failures: AtomicU64,
+    /// Per (registry, check name).
+    checks: Mutex<BTreeMap<(&'static str, &'static str), CheckCounts>>,
+}
+
+/// One registry check's results so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckCounts {
+    last_ok: bool,
+    successes: u64,
+    errors: u64,
+}
+
+impl HealthCounts {
+    fn count_health(&self, healthy: bool) {
+        let counter = if healthy {
+            &self.success
+        } else {
+            &self.failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_check(&self, registry: &'static str, check: Check, ok: bool) {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = checks.entry((registry, check.name())).or_default();
+        entry.last_ok = ok;
+        if ok {
+            entry.successes += 1;
+        } else {
+            entry.errors += 1;
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        for (name, help, counter) in [
+            (
+                "etcd_server_health_success",
+                "The total number of successful health checks",
+                &self.success,
+            ),
+            (
+                "etcd_server_health_failures",
+                "The total number of failed health checks",
+                &self.failures,
+            ),
+        ] {
+            // etcd's counters without the `_total` suffix, which this client adds to every
+            // counter: the names matter to dashboards more than the declared type.
+            gauge(r, name, help, counter.load(Ordering::Relaxed) as i64);
+        }
+        let last = Family::<Vec<(String, String)>, Gauge>::default();
+        let totals = Family::<Vec<(String, String)>, Counter>::default();
+        let checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(registry, name), c) in checks.iter() {
+            // Labels in alphabetical order, as etcd's client prints them.
+            let labels = |status: Option<&str>| {
+                let mut l = vec![("name".to_owned(), name.to_owned())];
+                l.extend(status.map(|s| ("status".to_owned(), s.to_owned())));
+                l.push(("type".to_owned(), registry.to_owned()));
+                l
+            };
+            last.get_or_create(&labels(None)).set(i64::from(c.last_ok));
+            for (status, n) in [("success", c.successes), ("error", c.errors)] {
+                if n > 0 {
+                    totals.get_or_create(&labels(Some(status))).inc_by(n);
+                }
+            }
+        }
+        r.register(
+            "etcd_server_healthcheck",
+            "The result of each kind of healthcheck.",
+            last,
+        );
+        r.register(
+            "etcd_server_healthchecks",
+            "The total number of each kind of healthcheck.",
+            totals,
+        );
+    }
+}
+
+/// The `exclude` (alarm names) and `serializable` query parameters of `/health`.
+fn health_query(query: Option<&str>) -> (Vec<String>, bool) {
+    let mut excluded = Vec::new();
+    let mut serializable = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "exclude" if !v.is_empty() => excluded.push(v.into_owned()),
+            // Go's `Query().Get`: the first value counts.
+            "serializable" if serializable.is_none() => serializable = Some(v == "true"),
+            _ => {}
+        }
+    }
+    (excluded, serializable.unwrap_or(false))
+}
+
+/// etcd's `/health` checks: alarms, then a leader (unless serializable), then a one-key range.
+async fn check(server: &EtcdServer, excluded: &[String], serializable: bool) -> Result<(), String> {
+    let alarms = server.alarms().map_err(|e| format!("ALARM UNKNOWN: {e}"))?;
+    for a in alarms {
+        let alarm = AlarmType::try_from(a.alarm).ok();
+        let name = alarm.map_or_else(|| a.alarm.to_string(), |t| t.as_str_name().to_owned());
+        if excluded.contains(&name) {
+            continue;
+        }
+        tracing::warn!(alarm = %crate::server::alarm_text(&a), "serving /health false due to an alarm");
+        return Err(match alarm {
+            Some(AlarmType::Nospace) => "ALARM NOSPACE",
+            Some(AlarmType::Corrupt) => "ALARM CORRUPT",
+            _ => "ALARM UNKNOWN",
+        }
+        .into());
+    }
+    if !serializable && server.raft_status().leader == 0 {
+        tracing::warn!("serving /health false; no leader");
         return Err("RAFT NO LEADER".into());
     }
-    let read = tokio::time::timeout(Duration::from_secs(1), server.linearizable_read_barrier());
-    match read.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("QGET ERROR:{e} ")),
-        Err(_) => Err("QGET ERROR:etcdserver: request timed out ".into()),
+    let req = RangeRequest {
+        keys_only: true,
+        limit: 1,
+        serializable,
+        ..Default::default()
+    };
+    let read = async {
+        if !serializable {
+            server.linearizable_read_barrier().await?;
+        }
+        let view = server.read_view()?;
+        crate::apply::range(&view, &req)
+    };
+    read.await.map(|_| ()).map_err(|e| {
+        tracing::warn!(error = %e, "serving /health false; Range fails");
+        format!("RANGE ERROR:{e}")
+    })
+}
+
+/// etcd's `/health` handler: 200 with `{"health":"true","reason":""}`, or 503 with the reason.
+async fn health(
+    State(server): State<Arc<EtcdServer>>,
+    method: Method,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if method != Method::GET {
+        return method_not_allowed();
     }
+    let (excluded, serializable) = health_query(query.as_deref());
+    let result = check(&server, &excluded, serializable).await;
+    server.health_counts().count_health(result.is_ok());
+    match result {
+        // Go sniffs the JSON body as plain text and sets no `nosniff` on success.
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            r#"{"health":"true","reason":""}"#,
+        )
+            .into_response(),
+        Err(reason) => {
+            let body = serde_json::json!({"health": "false", "reason": reason}).to_string();
+            text((StatusCode::SERVICE_UNAVAILABLE, body + "\n").into_response())
+        }
+    }
+}
+
+/// Go's `http.Error(w, "Method Not Allowed", 405)` with `Allow: GET`, as etcd's health handlers.
+fn method_not_allowed() -> Response {
+    let mut resp = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n").into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    text(resp)
 }
 
 fn json(code: StatusCode, body: String) -> impl IntoResponse {
     (code, [(header::CONTENT_TYPE, "application/json")], body)
-}
-
-async fn health(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    match check(&server).await {
-        Ok(()) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
-        Err(reason) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"health": "false", "reason": reason}).to_string(),
-        ),
-    }
 }
 
 /// One of etcd's named health checks.
@@ -156,19 +319,21 @@ fn query_flags(query: Option<&str>) -> (Vec<String>, bool) {
 async fn run_checks(
     server: &EtcdServer,
     method: &Method,
+    registry: &'static str,
     checks: &[Check],
     verbose: bool,
 ) -> Response {
     if method != Method::GET {
-        let mut resp = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n").into_response();
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return text(resp);
+        return method_not_allowed();
     }
     let mut report = String::new();
     let mut failed = false;
     for check in checks {
-        match check.run(server).await {
+        let result = check.run(server).await;
+        server
+            .health_counts()
+            .count_check(registry, *check, result.is_ok());
+        match result {
             Ok(()) => report.push_str(&format!("[+]{} ok\n", check.name())),
             Err(e) => {
                 failed = true;
@@ -212,6 +377,7 @@ pub async fn not_found() -> Response {
 async fn registry_root(
     server: &EtcdServer,
     method: &Method,
+    registry: &'static str,
     all: &[Check],
     query: Option<String>,
 ) -> Response {
@@ -228,13 +394,14 @@ async fn registry_root(
         .copied()
         .filter(|c| !excluded.iter().any(|x| x == c.name()))
         .collect();
-    run_checks(server, method, &checks, verbose).await
+    run_checks(server, method, registry, &checks, verbose).await
 }
 
 /// A registry's per-check path; 404 for a check it does not have.
 async fn registry_one(
     server: &EtcdServer,
     method: &Method,
+    registry: &'static str,
     all: &[Check],
     name: &str,
     query: Option<String>,
@@ -243,13 +410,18 @@ async fn registry_one(
         return not_found().await;
     };
     let (_, verbose) = query_flags(query.as_deref());
-    run_checks(server, method, &[check], verbose).await
+    run_checks(server, method, registry, &[check], verbose).await
+}
+
+/// A registry's type in the health metrics: its root path without the slash (`livez`).
+fn registry_type(root: &'static str) -> &'static str {
+    root.trim_start_matches('/')
 }
 
 /// Adds a registry's root path (`root`) and its per-check paths (`root/<check>`).
 fn registry_routes(
     router: Router<Arc<EtcdServer>>,
-    root: &str,
+    root: &'static str,
     checks: &'static [Check],
 ) -> Router<Arc<EtcdServer>> {
     router
@@ -259,7 +431,7 @@ fn registry_routes(
                 move |State(server): State<Arc<EtcdServer>>,
                       method: Method,
                       RawQuery(query): RawQuery| async move {
-                    registry_root(&server, &method, checks, query).await
+                    registry_root(&server, &method, registry_type(root), checks, query).await
                 },
             ),
         )
@@ -270,7 +442,7 @@ fn registry_routes(
                       method: Method,
                       axum::extract::Path(name): axum::extract::Path<String>,
                       RawQuery(query): RawQuery| async move {
-                    registry_one(&server, &method, checks, &name, query).await
+                    registry_one(&server, &method, registry_type(root), checks, &name, query).await
                 },
             ),
         )
@@ -349,6 +521,7 @@ async fn metrics(State(server): State<Arc<EtcdServer>>) -> impl IntoResponse {
             revs.compact,
         );
     }
+    server.health_counts().register(&mut r);
     let mut body = String::new();
     match encode(&mut body, &r) {
         Ok(()) => (
