@@ -160,6 +160,8 @@ pub struct Config {
     pub enable_pprof: bool,
     pub listen_metrics_urls: Vec<Url>,
     pub force_new_cluster: bool,
+    /// `--cors`: origins whose browsers may read HTTP answers (`*`, or none listed: any).
+    pub cors: Vec<String>,
     /// `--experimental-watch-progress-notify-interval` (etcd's default 10m).
     pub watch_progress_notify_interval: Duration,
     /// `--experimental-enable-lease-checkpoint`.
@@ -213,6 +215,7 @@ impl Default for Config {
             enable_pprof: false,
             listen_metrics_urls: Vec::new(),
             force_new_cluster: false,
+            cors: vec!["*".to_owned()],
             watch_progress_notify_interval: Duration::from_secs(600),
             lease_checkpoint: false,
             lease_checkpoint_persist: false,
@@ -1533,6 +1536,7 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
         bcrypt_cost: values.uint("bcrypt-cost"),
         listen_metrics_urls,
         force_new_cluster: values.boolean("force-new-cluster"),
+        cors: values.list("cors"),
         watch_progress_notify_interval: Duration::from_nanos(
             values
                 .nanos("experimental-watch-progress-notify-interval")

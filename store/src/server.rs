@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub raft: RaftConfig,
     /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, `--client-cert-auth`.
     pub auth: crate::auth::AuthConfig,
+    /// `--cors`: origins allowed to read HTTP answers (`*`, or an empty list: any).
+    pub cors: Vec<String>,
 }
 
 /// Proposes `$req` and unwraps the `Applied::$variant` it must produce, with the header filled.

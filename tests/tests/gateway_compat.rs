@@ -191,3 +191,79 @@ fn gateway_answers_like_etcd() {
     assert!(want.contains("\"events\""), "{want}");
     assert_eq!(want, got, "\n{}", line_diff(&want, &got));
 }
+
+/// The CORS headers of one HTTP exchange (`curl -i`), lower-cased and sorted, with the status.
+fn cors_headers(method: &str, url: &str, origin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "10", "-X", method]);
+    if let Some(o) = origin {
+        cmd.args(["-H", &format!("Origin: {o}")]);
+    }
+    if method == "POST" {
+        cmd.args(["-d", r#"{"key":"YQ=="}"#]);
+    }
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let status = head.lines().next().unwrap_or_default().trim().to_owned();
+    let mut cors: Vec<String> = head
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| l.starts_with("access-control-"))
+        .collect();
+    cors.sort();
+    Ok(format!(
+        "{method} {} (origin {origin:?}): {status}\n{}\n",
+        url.split_once("2379").map_or(url, |(_, p)| p),
+        cors.join("\n")
+    ))
+}
+
+/// `--cors`: by default any origin (`*`) on every HTTP answer, the health endpoints and the
+/// gateway alike; with a list, only a listed `Origin`, echoed back; a preflight `OPTIONS` is
+/// answered 200 with the headers. gRPC is untouched (etcdctl still works).
+fn cors_session(kind: ServerKind) -> Result<String> {
+    let mut t = String::new();
+    let any = Server::start(kind)?;
+    let ep = any.endpoint();
+    for (method, path) in [
+        ("GET", "/health"),
+        ("GET", "/version"),
+        ("POST", "/v3/kv/range"),
+    ] {
+        t.push_str(&cors_headers(method, &format!("{ep}{path}"), None)?);
+    }
+    drop(any);
+    let listed = Server::builder(kind)
+        .arg("--cors=http://a.example:8080,http://b.example:8080")
+        .start()?;
+    let ep = listed.endpoint();
+    for (method, path, origin) in [
+        ("GET", "/version", Some("http://b.example:8080")),
+        ("GET", "/version", Some("http://c.example:8080")),
+        ("GET", "/metrics", None),
+        ("OPTIONS", "/v3/kv/range", Some("http://a.example:8080")),
+        ("POST", "/v3/kv/range", Some("http://a.example:8080")),
+        ("POST", "/v3/kv/range", Some("http://c.example:8080")),
+    ] {
+        t.push_str(&cors_headers(method, &format!("{ep}{path}"), origin)?);
+    }
+    let put = concord_tests::Etcdctl::V35.run(&ep, ["put", "k", "v"], None)?;
+    t.push_str(&format!("etcdctl put: {}\n", put.stdout_text().trim()));
+    Ok(t)
+}
+
+#[test]
+fn cors_headers_like_etcd() {
+    let want = cors_session(KINDS[0]).expect("etcd");
+    let got = cors_session(KINDS[1]).expect("concord");
+    assert!(
+        want.contains("access-control-allow-origin: http://b.example:8080"),
+        "{want}"
+    );
+    assert_eq!(want, got, "\n{}", line_diff(&want, &got));
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use bytes::{Buf, Bytes, BytesMut};
@@ -219,31 +219,14 @@ fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// CORS headers etcd's gateway sends on every answer.
-fn with_cors(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(
-        "access-control-allow-headers",
-        HeaderValue::from_static("accept, content-type, authorization"),
-    );
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    resp
-}
-
 fn error(code: Code, message: &str) -> Response {
     let body = serde_json::json!({"code": code as i32, "message": message}).to_string();
-    with_cors(
-        (
-            http_status(code),
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response(),
+    (
+        http_status(code),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
     )
+        .into_response()
 }
 
 fn json_options() -> SerializeOptions {
@@ -422,7 +405,7 @@ async fn handle(State(route): State<Route>, req: Request) -> Response {
         return error(code, &msg);
     }
     if method.is_server_streaming() {
-        return with_cors(stream_response(body, output));
+        return stream_response(body, output);
     }
     let mut body = body;
     let mut buf = BytesMut::new();
@@ -446,14 +429,12 @@ async fn handle(State(route): State<Route>, req: Request) -> Response {
         return error(Code::Internal, "no response message");
     };
     match to_json(&output, &msg) {
-        Ok(v) => with_cors(
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                v,
-            )
-                .into_response(),
-        ),
+        Ok(v) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            v,
+        )
+            .into_response(),
         Err(e) => error(Code::Internal, &e),
     }
 }
@@ -519,6 +500,7 @@ fn stream_response(body: tonic::body::Body, output: MessageDescriptor) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn every_route_names_a_known_method() {

@@ -3,7 +3,8 @@
 //!
 //! One file per etcd service. Services validate input, call `server`, and let
 //! `Error -> Status` (in `error`) produce etcd's codes and texts. Nothing here touches raft or
-//! storage directly.
+//! storage directly. Every HTTP answer of a client listener (not gRPC, not the metrics
+//! listener) carries etcd's CORS headers for `--cors` ([`router`]'s `cors` layer).
 
 pub mod auth;
 pub mod authority;
@@ -81,9 +82,60 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
             server.clone(),
             interceptor::require_leader,
         ))
-        .merge(http::router(server))
+        .merge(http::router(server.clone()))
         .merge(gateway)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(server, cors))
+}
+
+/// etcd's access controller for HTTP answers on a client listener (gRPC calls pass untouched):
+/// CORS headers for `--cors` on every answer, and `OPTIONS` (a browser's preflight) answered
+/// 200 at once. `*`, or no origin listed, allows any origin; otherwise the request's `Origin`
+/// must be one listed, and is echoed back.
+async fn cors(
+    axum::extract::State(server): axum::extract::State<Arc<EtcdServer>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, header};
+    use axum::response::IntoResponse;
+    if is_grpc(&req) {
+        return next.run(req).await;
+    }
+    let allowed = &server.config().cors;
+    let origin = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        Some(HeaderValue::from_static("*"))
+    } else {
+        req.headers()
+            .get(header::ORIGIN)
+            .filter(|o| allowed.iter().any(|a| a.as_bytes() == o.as_bytes()))
+            .cloned()
+    };
+    let mut resp = if req.method() == Method::OPTIONS {
+        axum::http::StatusCode::OK.into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = origin {
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("accept, content-type, authorization"),
+        );
+    }
+    resp
+}
+
+/// Whether `req` is a gRPC call (by its content type).
+fn is_grpc(req: &axum::extract::Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// What etcd answers for a path it does not serve: gRPC's Unimplemented to a gRPC request, the
@@ -91,11 +143,7 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
 async fn not_found(req: axum::extract::Request) -> axum::response::Response {
     use axum::http::{HeaderValue, StatusCode, header};
     use axum::response::IntoResponse;
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    if is_grpc(&req) {
         let (parts, ()) = tonic::Status::unimplemented("")
             .into_http::<()>()
             .into_parts();
