@@ -162,6 +162,8 @@ pub struct Config {
     pub force_new_cluster: bool,
     /// `--cors`: origins whose browsers may read HTTP answers (`*`, or none listed: any).
     pub cors: Vec<String>,
+    /// `--host-whitelist`: `Host` names plain-HTTP requests may carry (`*`, or none: any).
+    pub host_whitelist: Vec<String>,
     /// `--experimental-watch-progress-notify-interval` (etcd's default 10m).
     pub watch_progress_notify_interval: Duration,
     /// `--experimental-enable-lease-checkpoint`.
@@ -216,6 +218,7 @@ impl Default for Config {
             listen_metrics_urls: Vec::new(),
             force_new_cluster: false,
             cors: vec!["*".to_owned()],
+            host_whitelist: vec!["*".to_owned()],
             watch_progress_notify_interval: Duration::from_secs(600),
             lease_checkpoint: false,
             lease_checkpoint_persist: false,
@@ -1537,6 +1540,7 @@ fn build(values: &Values, mode: Mode, warnings: &mut Vec<String>) -> Result<Conf
         listen_metrics_urls,
         force_new_cluster: values.boolean("force-new-cluster"),
         cors: values.list("cors"),
+        host_whitelist: values.list("host-whitelist"),
         watch_progress_notify_interval: Duration::from_nanos(
             values
                 .nanos("experimental-watch-progress-notify-interval")

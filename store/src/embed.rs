@@ -214,6 +214,7 @@ pub fn server_config(
         // etcd: 5s plus the time an election may take.
         request_timeout: Duration::from_secs(5) + 2 * cfg.election_timeout,
         cors: cfg.cors.clone(),
+        host_whitelist: cfg.host_whitelist.clone(),
         auto_compaction: compaction_policy(cfg),
         strict_reconfig_check: cfg.strict_reconfig_check,
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,

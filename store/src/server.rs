@@ -85,6 +85,8 @@ pub struct ServerConfig {
     pub auth: crate::auth::AuthConfig,
     /// `--cors`: origins allowed to read HTTP answers (`*`, or an empty list: any).
     pub cors: Vec<String>,
+    /// `--host-whitelist`: `Host` names plain-HTTP requests may carry (`*`, or none: any).
+    pub host_whitelist: Vec<String>,
 }
 
 /// Proposes `$req` and unwraps the `Applied::$variant` it must produce, with the header filled.

@@ -3,8 +3,9 @@
 //!
 //! One file per etcd service. Services validate input, call `server`, and let
 //! `Error -> Status` (in `error`) produce etcd's codes and texts. Nothing here touches raft or
-//! storage directly. Every HTTP answer of a client listener (not gRPC, not the metrics
-//! listener) carries etcd's CORS headers for `--cors` ([`router`]'s `cors` layer).
+//! storage directly. HTTP requests to a client listener (not gRPC, not the metrics listener)
+//! pass etcd's access controller ([`router`]'s `access_control` layer): `--host-whitelist` on
+//! plain HTTP, and CORS headers for `--cors` on every answer.
 
 pub mod auth;
 pub mod authority;
@@ -35,8 +36,8 @@ use crate::server::EtcdServer;
 /// gRPC's framing overhead that etcd allows on top of `--max-request-bytes`.
 pub(crate) const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The full router of a client listener.
-pub fn router(server: Arc<EtcdServer>) -> axum::Router {
+/// The full router of a client listener; `plain` for an `http` (not TLS) one.
+pub fn router(server: Arc<EtcdServer>, plain: bool) -> axum::Router {
     let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let grpc = tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(server.clone()))
@@ -85,25 +86,60 @@ pub fn router(server: Arc<EtcdServer>) -> axum::Router {
         .merge(http::router(server.clone()))
         .merge(gateway)
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(server, cors))
+        .layer(axum::middleware::from_fn_with_state(
+            (server, plain),
+            access_control,
+        ))
 }
 
-/// etcd's access controller for HTTP answers on a client listener (gRPC calls pass untouched):
-/// CORS headers for `--cors` on every answer, and `OPTIONS` (a browser's preflight) answered
-/// 200 at once. `*`, or no origin listed, allows any origin; otherwise the request's `Origin`
-/// must be one listed, and is echoed back.
-async fn cors(
-    axum::extract::State(server): axum::extract::State<Arc<EtcdServer>>,
+/// etcd's access controller for HTTP requests to a client listener (gRPC calls pass untouched).
+///
+/// On plain HTTP, a `Host` name `--host-whitelist` does not list is refused with 421 and etcd's
+/// explanation (DNS rebinding, CVE-2018-5702). Every answer carries CORS headers for `--cors`,
+/// and `OPTIONS` (a browser's preflight) is answered 200 at once. `*`, or nothing listed,
+/// allows any host or origin; otherwise the request's `Origin` must be listed, and is echoed.
+async fn access_control(
+    axum::extract::State((server, plain)): axum::extract::State<(Arc<EtcdServer>, bool)>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::http::{HeaderValue, Method, header};
+    use axum::http::{HeaderValue, Method, StatusCode, header};
     use axum::response::IntoResponse;
     if is_grpc(&req) {
         return next.run(req).await;
     }
-    let allowed = &server.config().cors;
-    let origin = if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+    let cfg = server.config();
+    if plain {
+        let host = request_hostname(&req);
+        if !allows_any(&cfg.host_whitelist) && !cfg.host_whitelist.contains(&host) {
+            tracing::warn!(
+                host,
+                "rejecting HTTP request to prevent DNS rebinding attacks"
+            );
+            let body = format!(
+                "\netcd received your request, but the Host header was unrecognized.\n\n\
+                 To fix this, choose one of the following options:\n\
+                 - Enable TLS, then any HTTPS request will be allowed.\n\
+                 - Add the hostname you want to use to the whitelist in settings.\n  \
+                 - e.g. etcd --host-whitelist {host:?}\n\n\
+                 This requirement has been added to help prevent \"DNS Rebinding\" attacks \
+                 (CVE-2018-5702).\n\n"
+            );
+            let mut resp = (StatusCode::MISDIRECTED_REQUEST, body).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            return resp;
+        }
+    }
+    let allowed = &cfg.cors;
+    let origin = if allows_any(allowed) {
         Some(HeaderValue::from_static("*"))
     } else {
         req.headers()
@@ -129,6 +165,34 @@ async fn cors(
         );
     }
     resp
+}
+
+/// Whether a `--cors` or `--host-whitelist` list allows anything: `*`, or nothing listed.
+fn allows_any(list: &[String]) -> bool {
+    list.is_empty() || list.iter().any(|x| x == "*")
+}
+
+/// The host name a request was sent to (its `Host`, or its URI's authority), without the
+/// port, as Go's `httputil.GetHostname`.
+fn request_hostname(req: &axum::extract::Request) -> String {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    // Go's `net.SplitHostPort`: `[v6]:port` or `name:port`; anything else is the host itself.
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((h, port)) = rest.split_once("]:")
+        && !port.contains(':')
+    {
+        return h.to_owned();
+    }
+    match host.rsplit_once(':') {
+        Some((h, _)) if !h.contains(':') && !h.contains('[') => h.to_owned(),
+        _ => host,
+    }
 }
 
 /// Whether `req` is a gRPC call (by its content type).
@@ -173,7 +237,8 @@ pub async fn serve_client(
     tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve(listener, router(server), tls, shutdown).await
+    let plain = tls.is_none();
+    serve(listener, router(server, plain), tls, shutdown).await
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves.
