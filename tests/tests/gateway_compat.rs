@@ -192,23 +192,30 @@ fn gateway_answers_like_etcd() {
     assert_eq!(want, got, "\n{}", line_diff(&want, &got));
 }
 
-/// The CORS headers of one HTTP exchange (`curl -i`), lower-cased and sorted, with the status.
-fn cors_headers(method: &str, url: &str, origin: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-i", "--max-time", "10", "-X", method]);
-    if let Some(o) = origin {
-        cmd.args(["-H", &format!("Origin: {o}")]);
-    }
-    if method == "POST" {
-        cmd.args(["-d", r#"{"key":"YQ=="}"#]);
-    }
-    let out = cmd
+/// `curl -s -i` with `args` before `url`: the status line and headers, and the body.
+fn curl_i(args: &[String], url: &str) -> Result<(String, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10"])
+        .args(args)
         .arg(url)
         .stdin(Stdio::null())
         .output()
         .context("running curl")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+/// The CORS headers of one HTTP exchange, lower-cased and sorted, with the status.
+fn cors_headers(method: &str, url: &str, origin: Option<&str>) -> Result<String> {
+    let mut args = vec!["-X".to_owned(), method.to_owned()];
+    if let Some(o) = origin {
+        args.extend(["-H".to_owned(), format!("Origin: {o}")]);
+    }
+    if method == "POST" {
+        args.extend(["-d".to_owned(), r#"{"key":"YQ=="}"#.to_owned()]);
+    }
+    let (head, _) = curl_i(&args, url)?;
     let status = head.lines().next().unwrap_or_default().trim().to_owned();
     let mut cors: Vec<String> = head
         .lines()
@@ -284,20 +291,14 @@ fn host_whitelist_session(kind: ServerKind) -> Result<String> {
         "[::1]:2379",
         "",
     ] {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-i", "--max-time", "10"]);
-        if !host.is_empty() {
-            cmd.args(["-H", &format!("Host: {host}")]);
-        }
-        let out = cmd
-            .arg(format!("{ep}/version"))
-            .stdin(Stdio::null())
-            .output()
-            .context("running curl")?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let args = if host.is_empty() {
+            vec![]
+        } else {
+            vec!["-H".to_owned(), format!("Host: {host}")]
+        };
+        let (head, body) = curl_i(&args, &format!("{ep}/version"))?;
         let status = head.lines().next().unwrap_or_default().trim();
-        let body = if status.contains("421") { body } else { "" };
+        let body = if status.contains("421") { &*body } else { "" };
         t.push_str(&format!("Host {host:?}: {status}\n{body}"));
     }
     let put = concord_tests::Etcdctl::V35.run(&ep, ["put", "k", "v"], None)?;

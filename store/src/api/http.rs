@@ -355,7 +355,7 @@ async fn run_checks(
 }
 
 /// Go's `http.Error` and the success path both answer plain text with `nosniff`.
-fn text(mut resp: Response) -> Response {
+pub(crate) fn text(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -125,17 +125,7 @@ async fn access_control(
                  This requirement has been added to help prevent \"DNS Rebinding\" attacks \
                  (CVE-2018-5702).\n\n"
             );
-            let mut resp = (StatusCode::MISDIRECTED_REQUEST, body).into_response();
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            return resp;
+            return http::text((StatusCode::MISDIRECTED_REQUEST, body).into_response());
         }
     }
     let allowed = &cfg.cors;
