@@ -241,6 +241,7 @@ fn cors_session(kind: ServerKind) -> Result<String> {
         ("GET", "/health"),
         ("GET", "/version"),
         ("POST", "/v3/kv/range"),
+        ("GET", "/no/such/path"),
     ] {
         t.push_str(&cors_headers(method, &format!("{ep}{path}"), None)?);
     }

@@ -78,18 +78,20 @@ pub fn router(server: Arc<EtcdServer>, plain: bool) -> axum::Router {
             .max_encoding_message_size(usize::MAX),
     );
     let gateway = gateway::router(grpc.clone(), max_recv);
+    // The access controller wraps the HTTP routes and the fallback, not the gRPC routes: it
+    // would only pass their calls through, at a cost on every one.
+    let access = axum::middleware::from_fn_with_state((server.clone(), plain), access_control);
+    let http = http::router(server.clone())
+        .merge(gateway)
+        .layer(access.clone());
+    let fallback = axum::Router::new().fallback(not_found).layer(access);
     grpc.into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
-            server.clone(),
+            server,
             interceptor::require_leader,
         ))
-        .merge(http::router(server.clone()))
-        .merge(gateway)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            (server, plain),
-            access_control,
-        ))
+        .merge(http)
+        .fallback_service(fallback)
 }
 
 /// etcd's access controller for HTTP requests to a client listener (gRPC calls pass untouched).
