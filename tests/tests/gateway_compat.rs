@@ -230,6 +230,12 @@ fn cors_headers(method: &str, url: &str, origin: Option<&str>) -> Result<String>
     ))
 }
 
+/// An `etcdctl put` through gRPC, which the HTTP access controller must let pass.
+fn etcdctl_put(ep: &str) -> Result<String> {
+    let put = concord_tests::Etcdctl::V35.run(ep, ["put", "k", "v"], None)?;
+    Ok(format!("etcdctl put: {}\n", put.stdout_text().trim()))
+}
+
 /// `--cors`: by default any origin (`*`) on every HTTP answer, the health endpoints and the
 /// gateway alike; with a list, only a listed `Origin`, echoed back; a preflight `OPTIONS` is
 /// answered 200 with the headers. gRPC is untouched (etcdctl still works).
@@ -260,8 +266,7 @@ fn cors_session(kind: ServerKind) -> Result<String> {
     ] {
         t.push_str(&cors_headers(method, &format!("{ep}{path}"), origin)?);
     }
-    let put = concord_tests::Etcdctl::V35.run(&ep, ["put", "k", "v"], None)?;
-    t.push_str(&format!("etcdctl put: {}\n", put.stdout_text().trim()));
+    t.push_str(&etcdctl_put(&ep)?);
     Ok(t)
 }
 
@@ -302,8 +307,7 @@ fn host_whitelist_session(kind: ServerKind) -> Result<String> {
         let body = if status.contains("421") { &*body } else { "" };
         t.push_str(&format!("Host {host:?}: {status}\n{body}"));
     }
-    let put = concord_tests::Etcdctl::V35.run(&ep, ["put", "k", "v"], None)?;
-    t.push_str(&format!("etcdctl put: {}\n", put.stdout_text().trim()));
+    t.push_str(&etcdctl_put(&ep)?);
     Ok(t)
 }
 

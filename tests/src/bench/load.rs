@@ -35,8 +35,8 @@ impl Limit {
     }
 }
 
-/// Latency samples of one run, sorted ascending.
-#[derive(Clone, Debug)]
+/// Latency samples of one run, sorted ascending (the default: no run at all).
+#[derive(Clone, Debug, Default)]
 pub struct Sample {
     /// Requests completed.
     pub ops: usize,

@@ -140,7 +140,7 @@ pub async fn one_client_rounds(
     total: usize,
     what: &str,
 ) -> Result<Vec<Sample>> {
-    let mut merged: Vec<Option<Sample>> = vec![None; targets.len()];
+    let mut merged = vec![Sample::default(); targets.len()];
     for round in 0..ONE_CLIENT_ROUNDS {
         let mut order: Vec<usize> = (0..targets.len()).collect();
         if round % 2 == 1 {
@@ -159,16 +159,10 @@ pub async fn one_client_rounds(
                 );
             }
             let s = put_load(ctx, std::slice::from_ref(chan), 1, limit, what).await?;
-            merged[i] = Some(match merged[i].take() {
-                Some(m) => Sample::merge(m, s),
-                None => s,
-            });
+            merged[i] = Sample::merge(std::mem::take(&mut merged[i]), s);
         }
     }
-    Ok(merged
-        .into_iter()
-        .map(|s| s.unwrap_or_else(|| Sample::new(0, Default::default(), Vec::new())))
-        .collect())
+    Ok(merged)
 }
 
 /// Writes keys `0..count` once each (the range workloads' key space, or the memory load).
