@@ -153,9 +153,15 @@ impl Wal {
         let mut last = (1, 0, 0);
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
-            let data = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
-            let (found, valid) = records(&data);
             let newest = i + 1 == seqs.len();
+            let data = match std::fs::read(&path) {
+                Ok(d) => d,
+                // Listed, then gone: an older segment a compaction or reset of this process was
+                // still deleting (`remove_in_background`); it held nothing still needed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !newest => continue,
+                Err(e) => return Err(io("read", &path, e)),
+            };
+            let (found, valid) = records(&data);
             // After the records: the preallocated rest (zeros), or a torn write.
             let torn_end = data[valid..]
                 .iter()
