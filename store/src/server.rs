@@ -272,7 +272,7 @@ impl EtcdServer {
         let Some(quota) = self.quota() else {
             return Ok(());
         };
-        if cost == 0 || self.backend.size() as i64 + cost < quota {
+        if cost == 0 || self.backend.recent_size() as i64 + cost < quota {
             return Ok(());
         }
         let raise = AlarmRequest {
