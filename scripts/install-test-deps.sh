@@ -33,8 +33,18 @@ have_etcd35() {
         [ "$(version_of "$ETCD35_DIR/usr/bin/etcd")" = "$ETCD35_VERSION" ]
 }
 
-# protoc: the etcd-client crate (a dev-dependency of the tests) compiles etcd's protos with it.
-have_protoc() { command -v protoc >/dev/null 2>&1; }
+# protoc: the etcd-client crate (a dev-dependency of the tests) compiles etcd's protos with it;
+# they import protobuf's well-known types (libprotobuf-dev, only recommended by protobuf-compiler).
+have_protoc() {
+    command -v protoc >/dev/null 2>&1 || return 1
+    local dir
+    dir=$(mktemp -d)
+    printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\n' >"$dir/probe.proto"
+    protoc -I"$dir" --descriptor_set_out=/dev/null "$dir/probe.proto" >/dev/null 2>&1
+    local rc=$?
+    rm -rf "$dir"
+    return $rc
+}
 # curl: the gateway tests send etcd's documented curl requests.
 have_curl() { command -v curl >/dev/null 2>&1; }
 
@@ -122,10 +132,10 @@ derive_trixie_source() {
 
 # --- protoc ----------------------------------------------------------------------------------------
 if ! have_protoc; then
-    log "installing protobuf-compiler"
+    log "installing protobuf-compiler and libprotobuf-dev"
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
-    have_protoc || die "protoc is missing after installing protobuf-compiler"
+    apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev >/dev/null
+    have_protoc || die "protoc cannot compile a proto importing google/protobuf/descriptor.proto after installing protobuf-compiler and libprotobuf-dev"
 fi
 
 # --- curl -------------------------------------------------------------------------------------------
