@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod authority;
 pub mod cluster;
+pub mod coalesce;
 pub mod election;
 pub mod gateway;
 pub mod http;
@@ -238,7 +239,8 @@ pub async fn serve_client(
 /// HTTP/1 and HTTP/2 share the port. HTTP/2 allows unlimited concurrent streams per connection,
 /// as etcd's `--max-concurrent-streams` default does: clients such as kube-apiserver open many
 /// watch streams on one connection. Every connection is read through
-/// [`authority::FixAuthority`] (etcdctl 3.4 sends `http://` authorities).
+/// [`authority::FixAuthority`] (etcdctl 3.4 sends `http://` authorities) and written through
+/// [`coalesce::CoalesceWrites`] (answers ready together leave in one write).
 ///
 /// With `tls` (an `https` listener) each connection's handshake runs in its own task, and every
 /// request carries the verified client certificate's common name
@@ -252,6 +254,8 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
+
+    use coalesce::CoalesceWrites;
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(u32::MAX);
@@ -281,14 +285,14 @@ pub async fn serve(
                                 return;
                             }
                         };
-                        let io = TokioIo::new(authority::FixAuthority::new(stream));
+                        let io = TokioIo::new(CoalesceWrites::new(authority::FixAuthority::new(stream)));
                         let svc = TowerToHyperService::new(crate::tls::WithCommonName::new(app, cn));
                         let conn = builder.serve_connection_with_upgrades(io, svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     });
                     continue;
                 }
-                let io = TokioIo::new(authority::FixAuthority::new(tcp));
+                let io = TokioIo::new(CoalesceWrites::new(authority::FixAuthority::new(tcp)));
                 let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app.clone()));
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
