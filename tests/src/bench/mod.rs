@@ -264,8 +264,8 @@ pub fn run(args: Args) -> Result<Report> {
         servers::pin(0, 1)?;
     }
     // Pinned to one CPU, the load runs on one thread: a multi-thread runtime's worker and
-    // `block_on` thread would share that CPU, and its cross-thread wakeups cost 15% more CPU
-    // per request (measured with range-s). This tool's CPU caps what it can measure.
+    // `block_on` thread would share that CPU, and its cross-thread wakeups cost about a fifth
+    // more CPU per request (measured with range-s). This tool's CPU caps what it can measure.
     let rt = if args.pin {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
