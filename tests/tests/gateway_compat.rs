@@ -1,6 +1,7 @@
 //! The gRPC-JSON gateway against etcd 3.5.16 (the reference) and concord: the `curl` requests of
 //! etcd's gateway documentation (base64 keys, proto and lowerCamel field names, 64-bit integers
-//! as strings or numbers, enum names), plus errors and a streaming watch, each sent with curl to
+//! as strings or numbers, enum names), plus errors, the old `/v3beta/` prefix and a streaming
+//! watch, each sent with curl to
 //! both servers. HTTP status codes and JSON bodies must match, with the header fields that
 //! differ between two servers (cluster and member ids) and database sizes blanked; JSON is
 //! compared as values (key order and whitespace are free).
@@ -147,6 +148,9 @@ fn session(kind: ServerKind) -> Result<String> {
             r#"{"name": "bG9jaw==", "lease": "12345"}"#,
         ),
         ("POST", "/v3/election/leader", r#"{"name": "ZWxlY3Rpb24="}"#),
+        // etcd rewrites the old prefix to /v3/ before its mux.
+        ("POST", "/v3beta/kv/range", r#"{"key": "Zm9v"}"#),
+        ("POST", "/v3beta/kv/nothing", "{}"),
     ];
     let mut t = String::new();
     for (method, path, body) in steps {

@@ -1,5 +1,6 @@
 //! The gRPC-JSON gateway on the client port: etcd 3.5's `/v3/...` HTTP routes (`POST` with a
-//! JSON body), so the `curl` examples of etcd's documentation work unchanged.
+//! JSON body; the old `/v3beta/...` too), so the `curl` examples of etcd's documentation work
+//! unchanged.
 //!
 //! Every route names one gRPC method. The JSON body is transcoded into the method's request
 //! message with the protobuf descriptors of our `.proto` files (`prost-reflect`), the call goes to
@@ -194,7 +195,12 @@ pub fn router(grpc: tonic::service::Routes, max_body: usize) -> axum::Router {
             gateway: gateway.clone(),
             method,
         };
-        router = router.route(path, any(handle).with_state(route));
+        // etcd's access controller rewrites `/v3beta/` to `/v3/` ("for backward
+        // compatibilities"): both serve the same call.
+        let beta = path.replacen("/v3/", "/v3beta/", 1);
+        router = router
+            .route(path, any(handle).with_state(route.clone()))
+            .route(&beta, any(handle).with_state(route));
     }
     router
 }

@@ -196,7 +196,8 @@ fn is_grpc(req: &axum::extract::Request) -> bool {
 }
 
 /// What etcd answers for a path it does not serve: gRPC's Unimplemented to a gRPC request, the
-/// gateway's JSON 404 under `/v3/`, and Go's plain-text 404 to any other HTTP request.
+/// gateway's JSON 404 under `/v3/` (and `/v3beta/`, which etcd rewrites to it), and Go's
+/// plain-text 404 to any other HTTP request.
 async fn not_found(req: axum::extract::Request) -> axum::response::Response {
     use axum::http::{HeaderValue, StatusCode, header};
     use axum::response::IntoResponse;
@@ -206,7 +207,8 @@ async fn not_found(req: axum::extract::Request) -> axum::response::Response {
             .into_parts();
         return axum::response::Response::from_parts(parts, axum::body::Body::empty());
     }
-    if req.uri().path().starts_with("/v3/") {
+    let path = req.uri().path();
+    if path.starts_with("/v3/") || path.starts_with("/v3beta/") {
         return (
             StatusCode::NOT_FOUND,
             [(
