@@ -1,10 +1,9 @@
 //! The gRPC-JSON gateway against etcd 3.5.16 (the reference) and concord: the `curl` requests of
 //! etcd's gateway documentation (base64 keys, proto and lowerCamel field names, 64-bit integers
 //! as strings or numbers, enum names), plus errors, the old `/v3beta/` prefix and a streaming
-//! watch, each sent with curl to
-//! both servers. HTTP status codes and JSON bodies must match, with the header fields that
-//! differ between two servers (cluster and member ids) and database sizes blanked; JSON is
-//! compared as values (key order and whitespace are free).
+//! watch, each sent with curl to both servers. HTTP status codes and JSON bodies must match,
+//! with the header fields that differ between two servers (cluster and member ids) and database
+//! sizes blanked; JSON is compared as values (key order and whitespace are free).
 //!
 //! Run against etcd itself (validates the test): `CONCORD_BIN=$ETCD35_BIN_DIR/etcd`.
 
