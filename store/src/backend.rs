@@ -20,7 +20,6 @@
 //! key-value semantics (that is `mvcc`) or raft semantics (that is `raft`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -141,11 +140,8 @@ pub struct Backend {
     overlay: Overlay,
     /// The read snapshot of the newest read and the overlay view it was opened with.
     shared_read: Mutex<Option<SharedRead>>,
-    /// When this backend was opened: the clock of `size_seen_at`.
-    opened: Instant,
-    /// The file size the last [`Backend::size`] read, and when (nanoseconds after `opened`).
-    size_seen: AtomicU64,
-    size_seen_at: AtomicU64,
+    /// When the last [`Backend::size`] read the file, and the size it read.
+    size_seen: Mutex<Option<(Instant, u64)>>,
 }
 
 type SharedRead = (Arc<OverlayView>, Arc<ReadSnapshot>);
@@ -179,9 +175,7 @@ impl Backend {
             index: Arc::default(),
             overlay: Overlay::default(),
             shared_read: Mutex::new(None),
-            opened: Instant::now(),
-            size_seen: AtomicU64::new(0),
-            size_seen_at: AtomicU64::new(u64::MAX),
+            size_seen: Mutex::new(None),
         };
         backend.init_schema()?;
         backend.load_index()?;
@@ -338,21 +332,16 @@ impl Backend {
     /// Size of the database file in bytes (etcd's `dbSize`).
     pub fn size(&self) -> u64 {
         let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        self.size_seen.store(size, Ordering::Relaxed);
-        self.size_seen_at
-            .store(self.opened.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        *self.size_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), size));
         size
     }
 
     /// [`Backend::size`] as of at most `RECENT_SIZE_TTL` ago, for the quota check in front of
     /// every write: a `stat` per put took 6% of the CPU with 256 clients putting.
     pub fn recent_size(&self) -> u64 {
-        let at = self.size_seen_at.load(Ordering::Relaxed);
-        let now = self.opened.elapsed().as_nanos() as u64;
-        match now.checked_sub(at) {
-            Some(age) if age < RECENT_SIZE_TTL.as_nanos() as u64 => {
-                self.size_seen.load(Ordering::Relaxed)
-            }
+        let seen = *self.size_seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen {
+            Some((at, size)) if at.elapsed() < RECENT_SIZE_TTL => size,
             _ => self.size(),
         }
     }
